@@ -50,7 +50,7 @@ class Article:
     date: str | None = None
     dateline: str | None = None
     paragraphs: list[tuple[int, int]] = field(default_factory=list)
-    """(start, end) offsets of the story's paragraphs; page furniture and the date line are left out."""
+    """(start, end) offsets of the story's paragraphs; the title, the date line and page furniture are left out."""
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ def parse_article(text: str, path: str, sha256: str) -> Article:
     paragraphs = []
     dateline = None
     for i in content:
-        if i in furniture or i == date_line:
+        if i in furniture or i in (title_line, date_line):
             continue
         start, end = _trimmed(text, *lines[i])
         if dateline is None and i != title_line and (match := _DATELINE.match(text[start:end])):

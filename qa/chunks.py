@@ -33,8 +33,8 @@ class Sentence:
 class Chunk:
     """Consecutive sentences of one article, embedded together.
 
-    `text` joins the sentences with single spaces; `sentence_spans[k]` is where sentence `first + k`
-    lies inside `text`.
+    `text` is the article's title on a line of its own, then the sentences joined with single spaces;
+    `sentence_spans[k]` is where sentence `first + k` lies inside `text`.
     """
 
     first: int
@@ -97,35 +97,39 @@ def sentence_text(article: Article, sentence: Sentence) -> str:
 def make_chunks(
     sentence_texts: Sequence[str],
     token_counts: Sequence[int],
+    heading: str = "",
     chunk_tokens: int = CHUNK_TOKENS,
     overlap: int = OVERLAP_SENTENCES,
 ) -> list[Chunk]:
     """Group consecutive sentences into chunks of about `chunk_tokens` word pieces, each chunk
-    repeating the last `overlap` sentences of the one before."""
+    repeating the last `overlap` sentences of the one before. `heading` (the article's title) opens
+    every chunk's text, so each chunk is read knowing what the article is about."""
     chunks: list[Chunk] = []
+    budget = chunk_tokens - (len(heading.split()) * 2 if heading else 0)
     first = 0
     while first < len(sentence_texts):
         last, total = first, token_counts[first]
-        while last + 1 < len(sentence_texts) and total + token_counts[last + 1] <= chunk_tokens:
+        while last + 1 < len(sentence_texts) and total + token_counts[last + 1] <= budget:
             last += 1
             total += token_counts[last]
-        chunks.append(_chunk(sentence_texts, first, last))
+        chunks.append(_chunk(sentence_texts, first, last, heading))
         if last + 1 >= len(sentence_texts):
             break
         first = max(first + 1, last + 1 - overlap)
     return chunks
 
 
-def _chunk(sentence_texts: Sequence[str], first: int, last: int) -> Chunk:
-    spans, position = [], 0
+def _chunk(sentence_texts: Sequence[str], first: int, last: int, heading: str) -> Chunk:
+    prefix = f"{heading}\n" if heading else ""
+    spans, position = [], len(prefix)
     for text in sentence_texts[first : last + 1]:
         spans.append((position, position + len(text)))
         position += len(text) + len(CHUNK_JOINER)
-    return Chunk(first, last, CHUNK_JOINER.join(sentence_texts[first : last + 1]), tuple(spans))
+    return Chunk(first, last, prefix + CHUNK_JOINER.join(sentence_texts[first : last + 1]), tuple(spans))
 
 
 def chunk_article(article: Article, count_tokens: Callable[[list[str]], list[int]]) -> tuple[list[Sentence], list[Chunk]]:
     """The article's sentences and its chunks, sized with the embedding model's own tokenizer."""
     sentences = split_sentences(article)
     texts = [sentence_text(article, sentence) for sentence in sentences]
-    return sentences, make_chunks(texts, count_tokens(texts))
+    return sentences, make_chunks(texts, count_tokens(texts), heading=_SPACE_RUN.sub(" ", article.title))

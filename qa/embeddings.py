@@ -117,3 +117,15 @@ def _pool_sentences(
 def _unit(vectors: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+_embedders: dict[str, Embedder] = {}
+_embedders_lock = threading.Lock()
+
+
+def get_embedder(model: str = DEFAULT_MODEL) -> Embedder:
+    """The process-wide Embedder for `model`, created once and reused."""
+    with _embedders_lock:
+        if model not in _embedders:
+            _embedders[model] = Embedder(model)
+        return _embedders[model]

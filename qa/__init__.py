@@ -1,0 +1,17 @@
+"""qa: answers to questions about a folder of news articles, made of verbatim quotes cited to their place."""
+
+from .answers import Answer, Citation, answer
+from .articles import SkippedFile
+from .index import IndexedArticle, IndexReport, IndexSummary, build_index, describe_index
+
+__all__ = [
+    "Answer",
+    "Citation",
+    "IndexReport",
+    "IndexSummary",
+    "IndexedArticle",
+    "SkippedFile",
+    "answer",
+    "build_index",
+    "describe_index",
+]

@@ -1,0 +1,184 @@
+"""Answers: turning ranked sentences into verbatim, cited quotes, or abstaining when the articles do not say."""
+
+from __future__ import annotations
+
+import logging
+import re
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import config
+from .retrieval import LoadedIndex, RankedSentence, load_index
+
+logger = logging.getLogger(__name__)
+
+ABSTAIN_DENSE = 0.30
+"""Below this cosine between the question and the best chunk, the articles are taken not to cover the question."""
+ABSTAIN_COVERAGE = 0.40
+"""... unless the best chunk also holds at least this share of the question's keyword weight (see README)."""
+NEAR_DUPLICATE_COSINE = 0.95
+QUOTE_SCORE_MARGIN = 4.0
+"""A further quote is added only while its score is within this margin (in standard deviations) of the best."""
+ABSTAIN_TEXT = "The articles do not say: nothing in the indexed articles answers this question."
+
+_SPACE_RUN = re.compile(r"\s+")
+
+
+@dataclass(frozen=True)
+class Citation:
+    """A verbatim quote and exactly where it stands: `Path(path).read_text(encoding="utf-8")[start:end] == quote`."""
+
+    quote: str
+    path: str
+    title: str
+    date: str | None
+    start: int
+    end: int
+    score: float
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The reply to a question: readable text that quotes and numbers its citations, or an abstention."""
+
+    question: str
+    text: str
+    citations: list[Citation] = field(default_factory=list)
+    abstained: bool = False
+
+
+def validate_question(question: str) -> str:
+    """The question with surrounding white space removed; raises ValueError saying what is wrong with it."""
+    if not isinstance(question, str):
+        raise ValueError(f"the question must be text, not {type(question).__name__}")
+    question = question.strip()
+    if not question:
+        raise ValueError("the question is empty: type a question about the articles")
+    if len(question) > config.MAX_QUESTION_CHARS:
+        raise ValueError(f"the question is {len(question):,} characters long; keep it under {config.MAX_QUESTION_CHARS:,}")
+    for character in question:
+        category = unicodedata.category(character)
+        if (category == "Cc" and character not in "\t\n\r") or category == "Cs":
+            raise ValueError(f"the question contains a control or invalid character ({character!r}); remove it")
+    return question
+
+
+def answer(
+    question: str,
+    *,
+    index_dir: str | None = None,
+    top_k: int = config.MAX_QUOTES,
+    history: Sequence[tuple[str, str]] | None = None,
+) -> Answer:
+    """Answer `question` from the articles in the index, with up to `top_k` cited quotes.
+
+    `history` holds the earlier turns of a conversation as (question, answer text) pairs, oldest
+    first; a follow-up such as "And who attended it?" is read in their light.
+    """
+    question = validate_question(question)
+    if not 1 <= top_k <= 10:
+        raise ValueError(f"top_k must be between 1 and 10, not {top_k}")
+    index = load_index(index_dir)
+    search_text = question
+    if history:
+        from .followup import resolve_question
+
+        search_text = resolve_question(question, history)
+    from .embeddings import get_embedder
+
+    query_vector = get_embedder(index.manifest["model"]).encode_queries([search_text])[0]
+    ranked = index.rank(search_text, query_vector)
+    if not ranked or _off_topic(ranked[0]):
+        return Answer(question=question, text=ABSTAIN_TEXT, abstained=True)
+    citations = _cite(index, _select(index, ranked, top_k))
+    if not citations:
+        return Answer(question=question, text=ABSTAIN_TEXT, abstained=True)
+    return Answer(question=question, text=_compose(citations), citations=citations)
+
+
+def _off_topic(best: RankedSentence) -> bool:
+    """True when even the best evidence is neither close in meaning nor in wording to the question."""
+    return best.chunk_dense < ABSTAIN_DENSE and best.keyword_coverage < ABSTAIN_COVERAGE
+
+
+def _select(index: LoadedIndex, ranked: list[RankedSentence], top_k: int) -> list[RankedSentence]:
+    """The best `top_k` sentences, skipping repeats of a sentence already chosen (same or nearly same text)."""
+    chosen: list[RankedSentence] = []
+    seen_hashes: set[str] = set()
+    for candidate in ranked:
+        if len(chosen) == top_k or candidate.score < ranked[0].score - QUOTE_SCORE_MARGIN:
+            break
+        digest = index.sentence_hash[candidate.row]
+        vector = index.sentence_vectors[candidate.row]
+        if digest in seen_hashes or any(
+            float(vector @ index.sentence_vectors[c.row]) > NEAR_DUPLICATE_COSINE for c in chosen
+        ):
+            continue
+        seen_hashes.add(digest)
+        chosen.append(candidate)
+    return chosen
+
+
+def _cite(index: LoadedIndex, chosen: list[RankedSentence]) -> list[Citation]:
+    """Quotes for the chosen sentences, adjacent ones merged, most relevant first, checked against the files."""
+    groups: list[list[RankedSentence]] = []
+    for sentence in sorted(chosen, key=lambda s: (index.sentence_article[s.row], index.sentence_position[s.row])):
+        previous = groups[-1][-1] if groups else None
+        if previous is not None and _adjacent(index, previous.row, sentence.row):
+            groups[-1].append(sentence)
+        else:
+            groups.append([sentence])
+    groups.sort(key=lambda group: -max(s.score for s in group))
+    citations, file_texts = [], {}
+    for group in groups:
+        article = index.article_of(group[0].row)
+        path = index.articles_dir / article.path
+        if path not in file_texts:
+            file_texts[path] = _read_or_none(path)
+        start, end = int(index.sentence_start[group[0].row]), int(index.sentence_end[group[-1].row])
+        text = file_texts[path]
+        if text is None or any(
+            _fold(text[index.sentence_start[s.row] : index.sentence_end[s.row]]) != _fold(index.sentence_text[s.row])
+            for s in group
+        ):
+            logger.warning("%s changed since it was indexed; run `qa index` to update the index", path)
+            continue
+        citations.append(
+            Citation(
+                quote=text[start:end],
+                path=str(path),
+                title=article.title,
+                date=article.date,
+                start=start,
+                end=end,
+                score=round(max(s.score for s in group), 4),
+            )
+        )
+    return citations
+
+
+def _adjacent(index: LoadedIndex, first: int, second: int) -> bool:
+    """Consecutive sentences of one article with only white space between them."""
+    return (
+        index.sentence_article[first] == index.sentence_article[second]
+        and index.sentence_position[second] == index.sentence_position[first] + 1
+        and int(index.sentence_start[second]) - int(index.sentence_end[first]) <= 2
+    )
+
+
+def _read_or_none(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _fold(text: str) -> str:
+    return _SPACE_RUN.sub(" ", text).strip()
+
+
+def _compose(citations: list[Citation]) -> str:
+    return "\n".join(f"“{_fold(c.quote)}” [{number}]" for number, c in enumerate(citations, start=1))
+

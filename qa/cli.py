@@ -1,0 +1,144 @@
+"""Command line: `qa index`, `qa ask`, `qa eval` and `qa serve`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from . import config
+
+logger = logging.getLogger("qa")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        print("interrupted; the previous index is unchanged", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        print(f"qa: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qa", description="Answer questions about a folder of news articles with verbatim, cited quotes."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what is happening")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    index = commands.add_parser("index", help="build or update the index", description="Build or update the index incrementally.")
+    _add_articles(index)
+    _add_index(index)
+    index.add_argument("--model", help=f"sentence-transformers model (default: ${config.MODEL_ENV} or {config.DEFAULT_MODEL})")
+    index.add_argument("--rebuild", action="store_true", help="re-embed every article, ignoring the existing index")
+    index.set_defaults(run=_index)
+
+    ask = commands.add_parser("ask", help="answer a question", description="Answer a question; with none, read questions in a loop.")
+    ask.add_argument("question", nargs="?", help="the question (omit it to ask several in a row)")
+    _add_index(ask)
+    ask.add_argument("--top-k", type=int, default=config.MAX_QUOTES, help="most quotes in an answer (default: %(default)s)")
+    ask.set_defaults(run=_ask)
+
+    evaluate = commands.add_parser("eval", help="score a question set", description="Score answers on a JSON-lines question set.")
+    evaluate.add_argument("questions", help="JSON-lines file: question, gold, answerable (as in dev.jsonl)")
+    _add_index(evaluate)
+    evaluate.add_argument("--show-misses", action="store_true", help="list the ids of questions that missed")
+    evaluate.set_defaults(run=_eval)
+
+    serve = commands.add_parser("serve", help="start the web chat", description="Start the web chat.")
+    _add_articles(serve)
+    _add_index(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
+    serve.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
+    serve.add_argument("--auth", default=os.environ.get("QA_AUTH"), help="USER:PASSWORD login for the chat (default: $QA_AUTH)")
+    serve.set_defaults(run=_serve)
+    return parser
+
+
+def _add_articles(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--articles", help=f"articles folder (default: ${config.ARTICLES_ENV} or {config.DEFAULT_ARTICLES_DIR})")
+
+
+def _add_index(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--index", help=f"index folder (default: ${config.INDEX_ENV} or {config.DEFAULT_INDEX_DIR})")
+
+
+def _index(args: argparse.Namespace) -> int:
+    from .index import build_index
+
+    report = build_index(args.articles, args.index, args.model, rebuild=args.rebuild)
+    print(
+        f"{report.added} added, {report.updated} updated, {report.removed} removed, {report.unchanged} unchanged; "
+        f"{report.chunks_embedded} chunks embedded in {report.seconds:.1f} s"
+    )
+    for skipped in report.skipped:
+        print(f"skipped {skipped.path}: {skipped.reason}")
+    return 0
+
+
+def _ask(args: argparse.Namespace) -> int:
+    from .answers import answer
+
+    if args.question is not None:
+        _print_answer(answer(args.question, index_dir=args.index, top_k=args.top_k))
+        return 0
+    history: list[tuple[str, str]] = []
+    print("Ask a question about the articles (an empty line or Ctrl-D ends).")
+    while True:
+        try:
+            question = input("? ").strip()
+        except EOFError:
+            return 0
+        if not question:
+            return 0
+        try:
+            reply = answer(question, index_dir=args.index, top_k=args.top_k, history=history)
+        except ValueError as error:
+            print(f"qa: {error}", file=sys.stderr)
+            continue
+        _print_answer(reply)
+        history.append((question, reply.text))
+
+
+def _print_answer(reply) -> None:
+    print(reply.text)
+    for number, citation in enumerate(reply.citations, start=1):
+        line = Path(citation.path).read_text(encoding="utf-8").count("\n", 0, citation.start) + 1
+        date = f", {citation.date}" if citation.date else ""
+        print(f"  [{number}] {citation.title}{date} — {citation.path}:{line} (chars {citation.start}–{citation.end})")
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate, load_questions
+
+    report = evaluate(load_questions(args.questions), index_dir=args.index)
+    print(report.summary())
+    if args.show_misses and report.misses:
+        print("missed: " + " ".join(report.misses))
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .chat import serve
+
+    auth = None
+    if args.auth:
+        user, separator, password = args.auth.partition(":")
+        if not separator or not user or not password:
+            raise ValueError("--auth must look like USER:PASSWORD")
+        auth = (user, password)
+    serve(config.articles_dir(args.articles), config.index_dir(args.index), host=args.host, port=args.port, auth=auth)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""Follow-up questions: resolving a short or referring question against the earlier turns of a conversation."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+MIN_CONTENT_WORDS = 2
+"""A question with fewer words of its own than this ("Why?", "And Biden?") is read as a follow-up."""
+MAX_CONTEXT_WORDS = 8
+"""At most this many words of context are added, so that the follow-up's own words still lead retrieval."""
+CONTEXT_PREFIX = "Context:"
+
+STOPWORDS = frozenset(
+    """a about above after again against all also am an and any are as at be because been before being below between
+    both but by can could did do does doing done down during each else few for from further had has have having here
+    how i if in into is isn't was wasn't were weren't will would shall should may might must of off on once only or
+    other our ours out over own said same say says so some such than that the then there these they this those through
+    to too under until up very we what when where which while who whom whose why with you your yours me my mine us
+    tell told please know explain describe give happened happen happens anything something mean means not no nor
+    just more most much many whether another""".split()
+)
+REFERRING_PRONOUNS = frozenset(
+    "it its itself they them their theirs themselves he him his himself she her hers herself this these those".split()
+)
+PERSON_PRONOUNS = frozenset("he him his himself she her hers herself".split())
+CONTINUATION_OPENERS = (
+    "and",
+    "also",
+    "but",
+    "so",
+    "then",
+    "what about",
+    "how about",
+    "what else",
+    "anything else",
+    "any other",
+)
+NON_REFERRING_AFTER_THERE = frozenset(
+    "is are was were be been will would has have had a an any some no many much more".split()
+)
+THAT_REFERS_AFTER = frozenset(
+    "about after before of at in on for from with by during since like is was are were did does do".split()
+)
+
+_WORD = re.compile(r"\w+(?:[.'’\-]\w+)*")
+_CITATION_MARK = re.compile(r"\[\d+\]")
+_SENTENCE_OPENING = re.compile(r"[.!?…:;“\"(\n]")
+
+
+def resolve_question(question: str, history: Sequence[tuple[str, str]] | None) -> str:
+    """The question to retrieve with: `question` itself, or, for a follow-up, the question with context appended.
+
+    `history` holds the earlier turns as (question, answer_text) pairs, oldest first. A question is a follow-up
+    when it refers back (a pronoun such as "it", "they", "he"; "that" or "there" used on their own), opens like a
+    continuation ("And…", "What about…") or has fewer than MIN_CONTENT_WORDS words of its own. Its context is the
+    key words of the previous question (itself resolved the same way); when the question asks about a person
+    ("he", "she"), the names in the previous answer come first, since that is whom it most likely means.
+    """
+    if not history or not is_followup(question):
+        return question
+    previous_question, previous_answer = history[-1][0], history[-1][1]
+    previous = resolve_question(previous_question, history[:-1])
+    terms = key_terms(previous)
+    if _asks_about_person(question):
+        terms = [name for name in names(previous_answer) if name.lower() not in previous.lower()] + terms
+    context = _new_terms(terms, question)
+    if not context:
+        return question
+    return f"{question} {CONTEXT_PREFIX} {' '.join(context)}"
+
+
+def is_followup(question: str) -> bool:
+    """Whether `question` leans on an earlier turn: it refers back, continues, or has almost no words of its own."""
+    words = _words(question)
+    lowered = [word.lower() for word in words]
+    if not lowered:
+        return False
+    text = " ".join(lowered)
+    if any(text == opener or text.startswith(opener + " ") for opener in CONTINUATION_OPENERS):
+        return True
+    if any(_refers_back(lowered, i) for i in range(len(lowered))):
+        return True
+    return len(content_words(question)) < MIN_CONTENT_WORDS
+
+
+def content_words(text: str) -> list[str]:
+    """The words of `text` that carry meaning: not stopwords, not pronouns."""
+    return [word for word in _words(text) if word.lower() not in STOPWORDS and word.lower() not in REFERRING_PRONOUNS]
+
+
+def key_terms(question: str) -> list[str]:
+    """A question's content words, in order, each once (case-insensitively); earlier added context is kept."""
+    return _dedupe(content_words(question.replace(CONTEXT_PREFIX, " ")))
+
+
+def names(text: str) -> list[str]:
+    """Capitalised phrases in `text` ("Shigeru Ishiba", "U.S. President Joe Biden"), each once, in order.
+
+    A phrase runs over words separated by spaces only (or by the dot of an abbreviation such as "U.S.").
+    A capitalised stopword ("The", "In", "He") never starts one, and a lone capitalised word that starts a
+    sentence or a quotation ("Today’s") is not taken for a name.
+    """
+    found: list[str] = []
+    run: list[str] = []
+    run_opens_sentence = False
+    previous_end = 0
+    for match in _WORD.finditer(_CITATION_MARK.sub(" ", text)):
+        word, gap = match.group(), match.string[previous_end : match.start()]
+        opens_sentence = previous_end == 0 or bool(_SENTENCE_OPENING.search(gap))
+        previous_end = match.end()
+        if run and gap.strip() == "." and "." in run[-1]:
+            run[-1] += "."
+        elif run and gap.strip():
+            found.extend(_finished(run, run_opens_sentence))
+            run = []
+        if word[:1].isupper() and (run or word.lower() not in STOPWORDS):
+            if not run:
+                run_opens_sentence = opens_sentence
+            run.append(word)
+        elif run:
+            found.extend(_finished(run, run_opens_sentence))
+            run = []
+    found.extend(_finished(run, run_opens_sentence))
+    return _dedupe(found)
+
+
+def _finished(run: list[str], opens_sentence: bool) -> list[str]:
+    """The phrase a run of capitalised words makes, if it is a name."""
+    return [" ".join(run)] if run and (len(run) > 1 or not opens_sentence) else []
+
+
+def _refers_back(words: list[str], i: int) -> bool:
+    """Whether the word at `i` points back to something said before."""
+    word = words[i]
+    following = words[i + 1] if i + 1 < len(words) else None
+    if word in REFERRING_PRONOUNS:
+        return True
+    if word == "that":  # "about that", "was that meeting" refer back; "said that Japan…" introduces a clause
+        return following is None or i == 0 or words[i - 1] in THAT_REFERS_AFTER
+    if word == "there":  # "who was there" refers back; "is there a…" does not
+        return following is None or following not in NON_REFERRING_AFTER_THERE
+    return False
+
+
+def _asks_about_person(question: str) -> bool:
+    return any(word.lower() in PERSON_PRONOUNS for word in _words(question))
+
+
+def _new_terms(terms: list[str], question: str) -> list[str]:
+    """Terms whose words are not already in the question, cut to MAX_CONTEXT_WORDS words in all."""
+    seen = {word.lower() for word in _words(question)}
+    picked: list[str] = []
+    count = 0
+    for term in terms:
+        words = [word for word in _words(term) if word.lower() not in seen]
+        if not words or count + len(words) > MAX_CONTEXT_WORDS:
+            continue
+        seen.update(word.lower() for word in words)
+        picked.append(" ".join(words))
+        count += len(words)
+    return picked
+
+
+def _dedupe(items: list[str]) -> list[str]:
+    seen: set[str] = set()
+    kept = []
+    for item in items:
+        if item.lower() not in seen:
+            seen.add(item.lower())
+            kept.append(item)
+    return kept
+
+
+def _words(text: str) -> list[str]:
+    return _WORD.findall(text)
