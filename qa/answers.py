@@ -19,7 +19,7 @@ ABSTAIN_DENSE = 0.30
 ABSTAIN_COVERAGE = 0.40
 """... unless the best chunk also holds at least this share of the question's keyword weight (see README)."""
 NEAR_DUPLICATE_COSINE = 0.95
-QUOTE_SCORE_MARGIN = 4.0
+QUOTE_SCORE_MARGIN = 6.0
 """A further quote is added only while its score is within this margin (in standard deviations) of the best."""
 ABSTAIN_TEXT = "The articles do not say: nothing in the indexed articles answers this question."
 

@@ -15,7 +15,7 @@ MAX_SENTENCE_CHARS = 1200
 """Longer runs without sentence punctuation are cut at spaces into pieces of about this size."""
 CHUNK_TOKENS = 160
 """Word pieces a chunk aims for: within all-MiniLM-L6-v2's 256, short enough to stay on one topic."""
-OVERLAP_SENTENCES = 1
+OVERLAP_SENTENCES = 2
 CHUNK_JOINER = " "
 
 _SPACE_RUN = re.compile(r"\s+")

@@ -30,11 +30,11 @@ logger = logging.getLogger(__name__)
 
 FIRST_STAGE_DEPTH = 50
 """Chunks each retriever (dense, BM25) contributes before fusion."""
-FUSED_CHUNKS = 20
+FUSED_CHUNKS = 30
 """Chunks, after reciprocal rank fusion, whose sentences are scored."""
 RRF_K = 60
-LENGTH_WEIGHT = 0.0
-FEATURE_WEIGHTS = np.array([1.0, 1.0, 1.0, 1.0], dtype=np.float32)
+LENGTH_WEIGHT = 0.2
+FEATURE_WEIGHTS = np.array([1.0, 1.0, 0.5, 0.5], dtype=np.float32)
 """Weights of the standardised sentence features: dense and BM25 score of the sentence, of its best chunk."""
 ANSWER_TYPE_WEIGHT = 0.6
 """Bonus (in standard deviations) for a sentence holding the kind of thing asked for: a date for 'when', a number for 'how many'."""
