@@ -12,7 +12,8 @@ from .config import ARTICLE_SUFFIXES
 
 logger = logging.getLogger(__name__)
 
-MAX_ARTICLE_BYTES = 50_000_000
+MAX_ARTICLE_BYTES = 5_000_000
+"""Larger files are skipped: a news article is tens of kilobytes; a 20 MB file is a dump, not a story."""
 MAX_LINK_LINE_CHARS = 160
 MIN_LIST_RUN = 3
 METADATA_SCAN_LINES = 6
@@ -77,11 +78,13 @@ def find_article_files(articles_dir: str | Path) -> list[Path]:
 
 def read_article(path: Path, root: Path) -> Article:
     """Read and parse one article file; raises ValueError saying why a file is unusable."""
+    if path.is_symlink() and not path.resolve().is_relative_to(root.resolve()):
+        raise ValueError("a link to a file outside the articles folder; copy the file in instead")
+    if path.stat().st_size > MAX_ARTICLE_BYTES:
+        raise ValueError(f"larger than {MAX_ARTICLE_BYTES // 1_000_000} MB; split it into articles")
     data = path.read_bytes()
     if not data.strip():
         raise ValueError("empty file")
-    if len(data) > MAX_ARTICLE_BYTES:
-        raise ValueError(f"larger than {MAX_ARTICLE_BYTES // 1_000_000} MB")
     if b"\x00" in data:
         raise ValueError("not a text file (contains NUL bytes)")
     try:

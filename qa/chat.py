@@ -17,11 +17,12 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline: Gradio mu
 import gradio as gr  # noqa: E402
 
 from . import Answer, Citation, IndexSummary, answer, build_index, config, describe_index  # noqa: E402
+from .articles import MAX_ARTICLE_BYTES  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
 TITLE = "qa · ask the articles"
-MAX_UPLOAD_BYTES = 5_000_000
+MAX_UPLOAD_BYTES = MAX_ARTICLE_BYTES
 MAX_NAME_CHARS = 120
 CHAT_CONCURRENCY = 4
 """Questions answered at once; index builds run one at a time beside them."""
