@@ -101,9 +101,8 @@ def parse_article(text: str, path: str, sha256: str) -> Article:
     content = [i for i, (start, end) in enumerate(lines) if text[start:end].strip()]
     if not content:
         raise ValueError("no text")
-    furniture = _furniture_lines(text, lines)
     title_line = content[0]
-    furniture.discard(title_line)
+    furniture = _furniture_lines(text, lines, after=title_line)
     title = text[slice(*lines[title_line])].strip().lstrip("#").strip()
     date, date_line = _find_date(text, lines, content)
     paragraphs = []
@@ -151,11 +150,12 @@ def _is_furniture_header(line: str) -> bool:
     return len(line) <= 60 and _is_link_like(line) and bool(_FURNITURE_HEADER.search(line))
 
 
-def _furniture_lines(text: str, lines: list[tuple[int, int]]) -> set[int]:
-    """Indexes of lines that are page furniture: separators, 'popular/related' lists, runs of link-like lines."""
+def _furniture_lines(text: str, lines: list[tuple[int, int]], after: int) -> set[int]:
+    """Indexes of lines below line `after` (the title) that are page furniture: separators,
+    'popular/related' lists, runs of link-like lines."""
     stripped = [text[start:end].strip() for start, end in lines]
-    furniture: set[int] = {i for i, line in enumerate(stripped) if line and _is_separator(line)}
-    i = 0
+    furniture: set[int] = {i for i, line in enumerate(stripped) if i > after and line and _is_separator(line)}
+    i = after + 1
     while i < len(stripped):
         if stripped[i] and _is_furniture_header(stripped[i]):
             j = i + 1
@@ -165,14 +165,14 @@ def _furniture_lines(text: str, lines: list[tuple[int, int]]) -> set[int]:
             i = j
         else:
             i += 1
-    furniture.update(_link_runs(stripped))
+    furniture.update(_link_runs(stripped, after + 1))
     return furniture
 
 
-def _link_runs(stripped: list[str]) -> set[int]:
+def _link_runs(stripped: list[str], first: int) -> set[int]:
     """Runs of at least MIN_LIST_RUN link-like lines with separator lines between them, as menus are laid out."""
     found: set[int] = set()
-    i = 0
+    i = first
     while i < len(stripped):
         if not (stripped[i] and _is_link_like(stripped[i])):
             i += 1
@@ -184,7 +184,7 @@ def _link_runs(stripped: list[str]) -> set[int]:
             elif stripped[j]:
                 links.append(j)
             j += 1
-        if len(links) >= MIN_LIST_RUN and separators >= MIN_LIST_RUN - 1 and i > 0:
+        if len(links) >= MIN_LIST_RUN and separators >= MIN_LIST_RUN - 1:
             found.update(range(i, j))
         i = j
     return found

@@ -18,6 +18,8 @@ import gradio as gr  # noqa: E402
 
 from . import Answer, Citation, IndexSummary, answer, build_index, config, describe_index  # noqa: E402
 from .articles import MAX_ARTICLE_BYTES  # noqa: E402
+from .embeddings import get_embedder  # noqa: E402
+from .retrieval import load_index  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +145,7 @@ def build_app(articles_dir: str, index_dir: str) -> gr.Blocks:
             return _choose_turn(history, event, articles_root)
 
         def add_articles(files: list[str] | None, overwrite: bool, progress=gr.Progress()):
-            saved, problems = _save_uploads(files or [], articles_root, overwrite)
+            saved, problems = save_uploads(files or [], articles_root, overwrite)
             if not saved:
                 message = problems or ["Choose one or more .txt or .md files first."]
                 gr.Warning(" ".join(message))
@@ -185,6 +187,7 @@ def serve(
     """Serve the web chat until interrupted; `auth` is a (user, password) login that Gradio asks for."""
     if host not in LOCAL_HOSTS and auth is None:
         logger.warning("serving on %s without a login: anyone who can reach this address can use it", host)
+    _warm_up(index_dir)
     app = build_app(articles_dir, index_dir)
     app.queue(default_concurrency_limit=CHAT_CONCURRENCY)
     app.launch(
@@ -197,6 +200,15 @@ def serve(
         show_error=True,
         footer_links=[],
     )
+
+
+def _warm_up(index_dir: str) -> None:
+    """Load the index and the model before the first reader asks, so the first answer is as quick as the rest."""
+    try:
+        embedder = get_embedder(load_index(index_dir).manifest["model"])
+        embedder.encode_queries(["warm up"])
+    except (FileNotFoundError, RuntimeError) as error:
+        logger.warning("the chat starts without an index: %s", error)
 
 
 def _respond(text: str, history: list[Turn], messages: list[dict], index_dir: str, articles_root: Path):
@@ -307,7 +319,7 @@ def _hint_html() -> str:
     return f'<div class="qa-article"><p class="qa-hint">{html.escape(ARTICLE_HINT)}</p></div>'
 
 
-def _save_uploads(files: Sequence[str], articles_root: Path, overwrite: bool) -> tuple[list[str], list[str]]:
+def save_uploads(files: Sequence[str], articles_root: Path, overwrite: bool) -> tuple[list[str], list[str]]:
     """Copy uploaded files into the articles folder; returns the names saved and a message per file refused."""
     saved, problems = [], []
     for upload in files:

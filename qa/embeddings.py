@@ -1,12 +1,24 @@
-"""Embeddings: loading the sentence-transformers model once, and encoding questions, chunks and their sentences."""
+"""Embeddings: loading the sentence-transformers model once, and encoding questions, chunks and their sentences.
+
+Two backends run the same model: "torch" (sentence-transformers on PyTorch, the default) and "onnx"
+(ONNX Runtime on an int8 dynamically-quantised export of the model, made locally on first use and cached
+under $QA_CACHE or ~/.cache/qa; nothing is downloaded). Pick one with `Embedder(model, backend=...)` or
+the environment variable QA_BACKEND. The ONNX graph outputs the token embeddings, so the per-sentence
+"late chunking" vectors work the same way on both backends. sentence-transformers' own `backend="onnx"`
+needs `optimum-onnx`, which pins transformers < 4.58 and so cannot be installed beside transformers 5;
+the export here uses `torch.onnx.export` and `onnxruntime.quantization.quantize_dynamic` instead.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import shutil
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -15,6 +27,27 @@ from .config import DEFAULT_MODEL
 logger = logging.getLogger(__name__)
 
 BATCH_SIZE = 32
+BACKEND_ENV = "QA_BACKEND"
+CACHE_ENV = "QA_CACHE"
+BACKENDS = ("torch", "onnx")
+DEFAULT_BACKEND = "torch"
+ONNX_EXPORT_VERSION = 1
+"""Bumped when the export recipe changes, so cached exports are redone."""
+
+
+def backend_name(value: str | None = None) -> str:
+    """The encoding backend: the argument, else $QA_BACKEND, else torch."""
+    name = (value or os.environ.get(BACKEND_ENV) or DEFAULT_BACKEND).strip().lower()
+    if name not in BACKENDS:
+        raise ValueError(f"unknown embedding backend {name!r} (${BACKEND_ENV}): choose one of {', '.join(BACKENDS)}")
+    return name
+
+
+def cache_dir() -> Path:
+    """Where exported ONNX models are kept: $QA_CACHE, else $XDG_CACHE_HOME/qa, else ~/.cache/qa."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "qa"
 
 
 @dataclass(frozen=True)
@@ -39,10 +72,12 @@ def resolve_model(name: str) -> str:
 class Embedder:
     """A sentence-transformers model, loaded on first use, that encodes questions and chunks."""
 
-    def __init__(self, model: str = DEFAULT_MODEL, device: str = "cpu"):
+    def __init__(self, model: str = DEFAULT_MODEL, device: str = "cpu", backend: str | None = None):
         self.model_name = model
         self.device = device
+        self.backend = backend_name(backend)
         self._model = None
+        self._session = None
         self._lock = threading.Lock()
 
     @property
@@ -77,8 +112,21 @@ class Embedder:
         encoded = self.model.tokenizer(list(texts), add_special_tokens=False, truncation=False)
         return [len(ids) for ids in encoded["input_ids"]]
 
+    @property
+    def session(self):
+        """The ONNX Runtime session of the int8 export (backend "onnx"), exported on first use."""
+        model = self.model
+        with self._lock:
+            if self._session is None:
+                self._session = _onnx_session(model, self.model_name)
+            return self._session
+
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
         """(n, dim) unit vectors for short texts such as questions."""
+        if self.backend == "onnx":
+            return _unit(np.stack([vector for vector, _, _ in self._onnx_encode(texts)])) if texts else np.zeros(
+                (0, self.dimension), np.float32
+            )
         return self.model.encode(
             list(texts), batch_size=BATCH_SIZE, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
         ).astype(np.float32, copy=False)
@@ -88,6 +136,14 @@ class Embedder:
         (late chunking), so each sentence is read in its context at no extra model cost."""
         if not texts:
             return ChunkEmbeddings(np.zeros((0, self.dimension), np.float32), [])
+        if self.backend == "onnx":
+            encoded = self._onnx_encode(texts)
+            chunk_vectors = np.stack([vector for vector, _, _ in encoded])
+            sentence_vectors = [
+                _pool_sentences(tokens, offsets, spans, chunk_vector)
+                for (chunk_vector, tokens, offsets), spans in zip(encoded, sentence_spans)
+            ]
+            return ChunkEmbeddings(_unit(chunk_vectors), sentence_vectors)
         outputs = self.model.encode(list(texts), batch_size=BATCH_SIZE, output_value=None, show_progress_bar=False)
         offsets = self.model.tokenizer(
             list(texts), return_offsets_mapping=True, truncation=True, max_length=self.max_tokens
@@ -98,6 +154,109 @@ class Embedder:
             for output, token_offsets, spans, chunk_vector in zip(outputs, offsets, sentence_spans, chunk_vectors)
         ]
         return ChunkEmbeddings(_unit(chunk_vectors), sentence_vectors)
+
+    def _onnx_encode(self, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(mean-pooled vector, token embeddings, token character offsets) per text, in the order given;
+        texts are batched by length, as sentence-transformers does, so little padding is computed."""
+        session, tokenizer = self.session, self.model.tokenizer
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        results: list = [None] * len(texts)
+        for start in range(0, len(order), BATCH_SIZE):
+            batch = order[start : start + BATCH_SIZE]
+            encoded = tokenizer(
+                [texts[i] for i in batch], padding=True, truncation=True, max_length=self.max_tokens,
+                return_offsets_mapping=True, return_tensors="np",
+            )
+            mask = encoded["attention_mask"].astype(np.int64)
+            feed = {"input_ids": encoded["input_ids"].astype(np.int64), "attention_mask": mask}
+            if "token_type_ids" in {i.name for i in session.get_inputs()}:
+                feed["token_type_ids"] = encoded.get("token_type_ids", np.zeros_like(mask)).astype(np.int64)
+            tokens = session.run(None, feed)[0]
+            weights = mask[:, :, None].astype(np.float32)
+            pooled = (tokens * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+            for row, index in enumerate(batch):
+                length = int(mask[row].sum())
+                results[index] = (pooled[row], tokens[row, :length], encoded["offset_mapping"][row, :length])
+        return results
+
+
+def _onnx_session(model, model_name: str):
+    """Load (exporting and quantising first, if not cached) the int8 ONNX export of a
+    sentence-transformers model made of a Transformer, mean pooling and optionally normalisation."""
+    import onnxruntime
+
+    modules = [type(module).__name__ for module in model]
+    pooling = model[1] if len(model) > 1 else None
+    if modules[:2] != ["Transformer", "Pooling"] or set(modules[2:]) - {"Normalize"} or (
+        getattr(pooling, "pooling_mode", "mean") != "mean" and not getattr(pooling, "pooling_mode_mean_tokens", False)
+    ):
+        raise RuntimeError(
+            f"the onnx backend supports Transformer + mean pooling models; {model_name!r} is {modules}: use QA_BACKEND=torch"
+        )
+    target = _onnx_export(model, model_name)
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return onnxruntime.InferenceSession(str(target), options, providers=["CPUExecutionProvider"])
+
+
+def _onnx_export(model, model_name: str) -> Path:
+    """The cached int8 export of the model; made here (offline, about 5 s) when missing or stale."""
+    source = Path(resolve_model(model_name))
+    fingerprint = hashlib.sha256(f"{ONNX_EXPORT_VERSION}|{source.resolve() if source.exists() else model_name}".encode())
+    for weights in sorted(source.glob("*.safetensors")) + sorted(source.glob("*.bin")) if source.exists() else []:
+        fingerprint.update(f"|{weights.name}|{weights.stat().st_size}|{weights.stat().st_mtime_ns}".encode())
+    safe_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in model_name)[-60:]
+    folder = cache_dir() / "onnx" / f"{safe_name}-{fingerprint.hexdigest()[:16]}"
+    target = folder / "model_qint8.onnx"
+    if target.exists():
+        return target
+    logger.info("exporting %s to ONNX (int8, dynamic quantisation) in %s", model_name, folder)
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = folder.parent / f"{folder.name}.{os.getpid()}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    transformer = model[0].auto_model.eval()
+    attention = getattr(transformer.config, "_attn_implementation", None)
+    try:
+        if hasattr(transformer, "set_attn_implementation"):
+            transformer.set_attn_implementation("eager")
+        names = ["input_ids", "attention_mask", "token_type_ids"]
+        example = model.tokenizer(["an example", "a longer example, so that the batch is padded"], padding=True, return_tensors="pt")
+        names = [name for name in names if name in example]
+
+        class TokenEmbeddings(torch.nn.Module):
+            def __init__(self, inner):
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, *inputs):
+                return self.inner(**dict(zip(names, inputs))).last_hidden_state
+
+        axes = {name: {0: "batch", 1: "tokens"} for name in [*names, "token_embeddings"]}
+        with torch.no_grad():
+            torch.onnx.export(
+                TokenEmbeddings(transformer), tuple(example[name] for name in names), str(staging / "model.onnx"),
+                input_names=names, output_names=["token_embeddings"], dynamic_axes=axes, opset_version=17, dynamo=False,
+            )
+        quantize_dynamic(
+            str(staging / "model.onnx"), str(staging / target.name),
+            weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"],
+        )
+        (staging / "model.onnx").unlink()
+        try:
+            staging.rename(folder)
+        except OSError:  # another process finished the same export first
+            shutil.rmtree(staging, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        if attention and hasattr(transformer, "set_attn_implementation"):
+            transformer.set_attn_implementation(attention)
+    return target
 
 
 def _pool_sentences(
@@ -119,13 +278,14 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
     return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
-_embedders: dict[str, Embedder] = {}
+_embedders: dict[tuple[str, str], Embedder] = {}
 _embedders_lock = threading.Lock()
 
 
-def get_embedder(model: str = DEFAULT_MODEL) -> Embedder:
-    """The process-wide Embedder for `model`, created once and reused."""
+def get_embedder(model: str = DEFAULT_MODEL, backend: str | None = None) -> Embedder:
+    """The process-wide Embedder for `model` on `backend` (default $QA_BACKEND, else torch), created once and reused."""
+    key = (model, backend_name(backend))
     with _embedders_lock:
-        if model not in _embedders:
-            _embedders[model] = Embedder(model)
-        return _embedders[model]
+        if key not in _embedders:
+            _embedders[key] = Embedder(model, backend=key[1])
+        return _embedders[key]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -10,7 +11,7 @@ import shutil
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,6 +34,7 @@ SENTENCE_VECTORS_FILE = "sentences.npy"
 BM25_CHUNKS_DIR = "bm25_chunks"
 BM25_SENTENCES_DIR = "bm25_sentences"
 MANIFEST_FILE = "manifest.json"
+LOCK_FILE = ".build.lock"
 EMBED_BATCH_CHUNKS = 256
 
 SCHEMA = """
@@ -152,39 +154,76 @@ def build_index(
     model_name = config.model_name(model)
     articles, skipped = read_articles(articles_root)
     report = IndexReport(skipped=skipped)
-
-    previous = current_generation(index_root)
-    reuse = previous is not None and not rebuild
-    if reuse:
-        manifest = read_manifest(previous)
-        if manifest.get("model") != model_name or manifest.get("format_version") != FORMAT_VERSION:
-            logger.warning(
-                "the index was built with model %r (format %s); rebuilding everything with %r",
-                manifest.get("model"), manifest.get("format_version"), model_name,
-            )
-            reuse = False
-    old_hashes = _article_hashes(previous / DATABASE_FILE) if reuse else {}
-    new_by_path = {article.path: article for article in articles}
-    to_embed = [a for a in articles if old_hashes.get(a.path) != a.sha256]
-    removed = [path for path in old_hashes if path not in new_by_path]
-    report.added = sum(1 for a in to_embed if a.path not in old_hashes)
-    report.updated = len(to_embed) - report.added
-    report.removed = len(removed)
-    report.unchanged = len(articles) - len(to_embed)
-    report.full_rebuild = not reuse
-
-    same_folder = reuse and read_manifest(previous).get("articles_dir") == str(articles_root)
-    if reuse and same_folder and not to_embed and not removed:
-        report.seconds = time.perf_counter() - started
-        logger.info("index is up to date (%d articles)", report.unchanged)
-        return report
-
     index_root.mkdir(parents=True, exist_ok=True)
+    with _build_lock(index_root):
+        previous = current_generation(index_root)
+        if previous is not None and not rebuild and not _same_model(read_manifest(previous), model_name):
+            previous = None
+        old_hashes = _article_hashes(previous / DATABASE_FILE) if previous is not None and not rebuild else {}
+        reuse = previous is not None and not rebuild
+        paths = {article.path for article in articles}
+        to_embed = [a for a in articles if old_hashes.get(a.path) != a.sha256]
+        removed = [path for path in old_hashes if path not in paths]
+        report.added = sum(1 for a in to_embed if a.path not in old_hashes)
+        report.updated = len(to_embed) - report.added
+        report.removed = len(removed)
+        report.unchanged = len(articles) - len(to_embed)
+        report.full_rebuild = not reuse
+        same_folder = reuse and read_manifest(previous).get("articles_dir") == str(articles_root)
+        if same_folder and not to_embed and not removed:
+            logger.info("index is up to date (%d articles)", report.unchanged)
+        else:
+            _build_generation(
+                index_root, previous if reuse else None, to_embed, removed, old_hashes, model_name, articles_root, report, progress
+            )
+            logger.info(
+                "index built: %d added, %d updated, %d removed, %d unchanged, %d chunks embedded",
+                report.added, report.updated, report.removed, report.unchanged, report.chunks_embedded,
+            )
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _same_model(manifest: dict, model_name: str) -> bool:
+    """True when the index was built with `model_name` and this format; logs why everything is re-embedded if not."""
+    if manifest.get("model") == model_name and manifest.get("format_version") == FORMAT_VERSION:
+        return True
+    logger.warning(
+        "the index was built with model %r (format %s); rebuilding everything with %r",
+        manifest.get("model"), manifest.get("format_version"), model_name,
+    )
+    return False
+
+
+@contextmanager
+def _build_lock(index_root: Path) -> Iterator[None]:
+    """Hold the index folder's build lock; a second build waits for the first to finish."""
+    with open(index_root / LOCK_FILE, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.warning("another build of %s is running; waiting for it to finish", index_root)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _build_generation(
+    index_root: Path,
+    previous: Path | None,
+    to_embed: list[Article],
+    removed: list[str],
+    old_hashes: dict[str, str],
+    model_name: str,
+    articles_root: Path,
+    report: IndexReport,
+    progress: Callable[[int, int], None] | None,
+) -> None:
+    """Write a new generation (a copy of `previous` with the changes applied) and make it live."""
     _remove_stale_temporaries(index_root)
     staging = index_root / f"{GENERATION_PREFIX}{time.time_ns()}.tmp"
     staging.mkdir()
     try:
-        if reuse:
+        if previous is not None:
             _copy_database(previous / DATABASE_FILE, staging / DATABASE_FILE)
         with closing(_connect(staging / DATABASE_FILE)) as db:
             db.executescript(SCHEMA)
@@ -198,12 +237,6 @@ def build_index(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    report.seconds = time.perf_counter() - started
-    logger.info(
-        "index built: %d added, %d updated, %d removed, %d unchanged, %d chunks embedded in %.1f s",
-        report.added, report.updated, report.removed, report.unchanged, report.chunks_embedded, report.seconds,
-    )
-    return report
 
 
 def _connect(path: Path) -> sqlite3.Connection:

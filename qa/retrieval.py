@@ -246,8 +246,16 @@ def load_index(index_dir: str | None = None) -> LoadedIndex:
     key = str(Path(folder).resolve())
     with _cache_lock:
         loaded = _loaded.get(key)
-        if loaded is None or loaded.generation != generation:
-            logger.info("loading index %s", generation)
+        if loaded is not None and loaded.generation == generation:
+            return loaded
+        logger.info("loading index %s", generation)
+        try:
             loaded = LoadedIndex(generation)
-            _loaded[key] = loaded
+        except IndexCorruptError:
+            newer = current_generation(folder)
+            if newer is None or newer == generation:
+                raise
+            logger.info("index %s was replaced while loading; loading %s", generation, newer)
+            loaded = LoadedIndex(newer)  # a rebuild replaced (and tidied away) the generation being read
+        _loaded[key] = loaded
         return loaded
