@@ -175,8 +175,13 @@ def main() -> None:
     parser.add_argument("--squad-only", action="store_true", help="only score the SQuAD questions")
     parser.add_argument("--squad-dir", default=str(SQUAD), help="folder with articles/ and questions.jsonl (default: %(default)s)")
     parser.add_argument("--squad-index", help="reuse (and update) this SQuAD index")
+    parser.add_argument("--faiss-threads", type=int, help="set faiss's OpenMP threads (default: leave faiss's own default)")
     parser.add_argument("--output", default=str(RESULTS / "answer_latency.json"), help="JSON results (default: %(default)s)")
     args = parser.parse_args()
+    if args.faiss_threads:
+        import faiss
+
+        faiss.omp_set_num_threads(args.faiss_threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.disable(logging.WARNING)
 

@@ -9,7 +9,7 @@ OpenMP, and on a busy 2-core machine OpenMP's spinning threads made a 10k exact 
 
 Indexes (all inner product on unit vectors = cosine):
 - exact: IndexFlatIP (what qa uses today), wrapped in IndexIDMap2 for stable ids;
-- IVF: IndexIVFFlat, nlist ≈ 4·sqrt(n) (trained on a sample of at most 64·nlist vectors), ids stored natively
+- IVF: IndexIVFFlat, nlist ≈ 4·sqrt(n) (k-means, 10 iterations, on a sample of at most 40·nlist vectors), ids stored natively
   (add_with_ids / remove_ids), swept over nprobe;
 - HNSW: IndexHNSWFlat (M=32, efConstruction=80), swept over efSearch; built only up to --hnsw-max vectors
   (default 100,000: at 1M its build takes many minutes on 2 cores; the table says when it was skipped).
@@ -56,13 +56,19 @@ def vectors(n: int, rng: np.random.Generator, distribution: str, block: int = 10
     return out
 
 
+SEARCH_THREADS = 1
+BUILD_THREADS = faiss.omp_get_max_threads()
+
+
 def timed_search(index, queries: np.ndarray, k: int = K) -> tuple[np.ndarray, list[float]]:
+    faiss.omp_set_num_threads(SEARCH_THREADS)
     ids, times = np.empty((len(queries), k), np.int64), []
     for i, query in enumerate(queries):
         started = time.perf_counter()
         _, found = index.search(query[None, :], k)
         times.append((time.perf_counter() - started) * 1000)
         ids[i] = found[0]
+    faiss.omp_set_num_threads(BUILD_THREADS)  # building and training use every core
     return ids, times
 
 
@@ -93,7 +99,8 @@ def bench_size(n: int, rng: np.random.Generator, distribution: str, queries: np.
     nlist = 1 << round(math.log2(4 * math.sqrt(n)))
     started = time.perf_counter()
     ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(DIM), DIM, nlist, faiss.METRIC_INNER_PRODUCT)
-    sample = data[rng.choice(n, min(n, 64 * nlist), replace=False)]
+    ivf.cp.niter = 10
+    sample = data[rng.choice(n, min(n, 40 * nlist), replace=False)]
     ivf.train(sample)
     ivf.add_with_ids(data, ids)
     ivf_build = time.perf_counter() - started
@@ -128,15 +135,31 @@ def bench_size(n: int, rng: np.random.Generator, distribution: str, queries: np.
 
 
 def check_removal(n: int, exact, ivf, ids: np.ndarray, queries: np.ndarray, rng: np.random.Generator) -> dict:
-    """Remove 1% of the ids from the IVF index (and from exact search); removed ids never come back, recall holds."""
-    gone = rng.choice(ids, max(1, n // 100), replace=False)
+    """Remove 1% of the ids from the IVF index (and from exact search); removed ids never come back, recall holds.
+
+    The IVF index gets a hash-table direct map first, as qa would need for `reconstruct_batch(ids)` (retrieval
+    reads the vectors of its top chunks back); with it, faiss removes only through IDSelectorArray. The index
+    is also written and read back (nprobe and the direct map survive) before the removal, and re-adding the
+    removed vectors under new ids is checked."""
+    gone = np.sort(rng.choice(ids, max(1, n // 100), replace=False))
+    ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+    ivf = faiss.deserialize_index(faiss.serialize_index(ivf))
     started = time.perf_counter()
-    removed_ivf = ivf.remove_ids(faiss.IDSelectorBatch(gone))
+    removed_ivf = ivf.remove_ids(faiss.IDSelectorArray(len(gone), faiss.swig_ptr(gone)))
     remove_ms = (time.perf_counter() - started) * 1000
     removed_exact = exact.remove_ids(faiss.IDSelectorBatch(gone))
     truth, _ = timed_search(exact, queries)
     found, _ = timed_search(ivf, queries)
     leaked = int(np.isin(found, gone).sum())
+    try:
+        ivf.reconstruct(int(gone[0]))
+        leaked += 1
+    except RuntimeError:
+        pass
+    fresh = unit(rng.standard_normal((len(gone), DIM), dtype=np.float32))
+    new_ids = np.arange(len(gone), dtype=np.int64) + int(ids.max()) + 1
+    ivf.add_with_ids(fresh, new_ids)
+    readded = bool(np.allclose(ivf.reconstruct_batch(new_ids[:5]), fresh[:5]))
     try:
         probe = faiss.IndexIDMap2(faiss.IndexHNSWFlat(DIM, 8, faiss.METRIC_INNER_PRODUCT))
         probe.add_with_ids(unit(rng.standard_normal((100, DIM), dtype=np.float32)), np.arange(100, dtype=np.int64))
@@ -144,7 +167,7 @@ def check_removal(n: int, exact, ivf, ids: np.ndarray, queries: np.ndarray, rng:
         hnsw_removal = "works"
     except RuntimeError as error:
         hnsw_removal = "not supported: " + str(error).strip().splitlines()[-1][:90]
-    return {"removed": int(removed_ivf), "removed_exact": int(removed_exact), "remove_ms": remove_ms, "leaked": leaked,
+    return {"readded": readded, "removed": int(removed_ivf), "removed_exact": int(removed_exact), "remove_ms": remove_ms, "leaked": leaked,
             "recall_after": recall(found, truth), "ntotal_after": int(ivf.ntotal), "hnsw_removal": hnsw_removal}
 
 
@@ -158,9 +181,10 @@ def main() -> None:
     parser.add_argument("--output", default=str(RESULTS / "search.json"))
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    faiss.omp_set_num_threads(args.threads)
+    global SEARCH_THREADS
+    SEARCH_THREADS = args.threads
     queries = vectors(args.queries, rng, args.distribution)
-    print(f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads, {args.distribution} 384-d unit vectors, "
+    print(f"faiss {faiss.__version__}, searching on {SEARCH_THREADS} thread(s), building on {BUILD_THREADS}, {args.distribution} 384-d unit vectors, "
           f"{args.queries} single-vector queries, k={K}")
     print(f"{'vectors':>9s} {'index':18s} {'params':14s} {'build s':>8s} {'p50 ms':>7s} {'p95 ms':>7s} {'recall@10':>9s} {'MB':>7s}")
     all_rows, removals = [], []
@@ -174,11 +198,13 @@ def main() -> None:
                 print(f"{r['size']:>9,d} {r['index']:18s} {r['params']}", flush=True)
         all_rows += rows
         removals.append(removal)
-    print("\nremoval by id (1% of the ids, IDSelectorBatch) from the IVF index at its chosen nprobe:")
-    print(f"{'vectors':>9s} {'nlist':>6s} {'nprobe':>6s} {'removed':>8s} {'ms':>7s} {'removed ids returned':>21s} {'recall@10 after':>16s}")
+    print("\nremoval by id (1% of the ids, IDSelectorArray) from the IVF index at its chosen nprobe, with a hash-table")
+    print("direct map (for reconstruct_batch), after a write/read round trip; then as many vectors re-added under new ids:")
+    print(f"{'vectors':>9s} {'nlist':>6s} {'nprobe':>6s} {'removed':>8s} {'ms':>7s} {'removed ids returned':>21s} "
+          f"{'recall@10 after':>16s} {'re-added':>9s}")
     for r in removals:
         print(f"{r['size']:>9,d} {r['nlist']:>6d} {r['nprobe']:>6d} {r['removed']:>8d} {r['remove_ms']:>7.1f} "
-              f"{r['leaked']:>21d} {r['recall_after']:>16.3f}")
+              f"{r['leaked']:>21d} {r['recall_after']:>16.3f} {'ok' if r['readded'] else 'FAILED':>9s}")
     print(f"IndexIDMap2(IndexHNSWFlat).remove_ids: {removals[-1]['hnsw_removal']}")
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -7,8 +7,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-import pysbd
-
 from .articles import Article
 
 MAX_SENTENCE_CHARS = 1200
@@ -44,7 +42,9 @@ class Chunk:
 
 
 @lru_cache(maxsize=1)
-def _segmenter() -> pysbd.Segmenter:
+def _segmenter():
+    import pysbd  # imported on first use: a build with nothing to embed never needs it
+
     return pysbd.Segmenter(language="en", clean=False)
 
 
