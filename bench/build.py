@@ -61,20 +61,11 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def answer_latency(qa, embedder, index_dir: str, titles: list[str]) -> tuple[list[float], list[float]]:
+def answer_latency(index_dir: str, titles: list[str]) -> tuple[list[float], list[float]]:
     """answer() and bare query-encoding times (ms) for questions about articles of the corpus, asked twice."""
-    questions = [f"What happened in the story “{title}”?" for title in titles]
-    qa.answer(questions[0], index_dir=index_dir)  # loads the index
-    answer_ms, encode_ms = [], []
-    for _ in range(2):
-        for question in questions:
-            started = time.perf_counter()
-            embedder.encode_queries([question])
-            encode_ms.append((time.perf_counter() - started) * 1000)
-            started = time.perf_counter()
-            qa.answer(question, index_dir=index_dir)
-            answer_ms.append((time.perf_counter() - started) * 1000)
-    return answer_ms, encode_ms
+    from answer_latency import latency  # bench/ is on the path when this runs as a script
+
+    return latency([f"What happened in the story “{title}”?" for title in titles], index_dir, rounds=2)
 
 
 def worker(articles: str, label: str, profile: str | None) -> dict:
@@ -119,7 +110,7 @@ def worker(articles: str, label: str, profile: str | None) -> dict:
             report = qa.build_index(articles, index_dir)
         build_seconds = time.perf_counter() - started
         rss_build = peak_rss_mb()
-        answer_ms, encode_ms = answer_latency(qa, embedder, index_dir, titles)
+        answer_ms, encode_ms = answer_latency(index_dir, titles)
         generation = current_generation(index_dir)
         index_bytes = folder_bytes(generation)
         with closing(sqlite3.connect(generation / DATABASE_FILE)) as db:
