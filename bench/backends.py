@@ -36,7 +36,7 @@ def chunk_texts(corpus: Path, every: int, count_tokens) -> tuple[list[str], list
     from qa.articles import read_articles
     from qa.chunks import chunk_article
 
-    chunks = [c for a in read_articles(corpus)[0] for c in chunk_article(a, count_tokens)[1]][::every]
+    chunks = [c for a in read_articles(corpus).articles for c in chunk_article(a, count_tokens)[1]][::every]
     return [c.text for c in chunks], [list(c.sentence_spans) for c in chunks]
 
 

@@ -94,7 +94,7 @@ def worker(articles: str, label: str, profile: str | None) -> dict:
     from qa.articles import read_articles
     from qa.chunks import chunk_article
 
-    corpus_articles = read_articles(Path(articles).resolve())[0]
+    corpus_articles = read_articles(Path(articles).resolve()).articles
     expected = [c.text for a in corpus_articles for c in chunk_article(a, embedder.count_tokens)[1]]
     titles = [a.title for a in corpus_articles[:: max(1, len(corpus_articles) // QUESTIONS)]][:QUESTIONS]
     raw_before = raw_encode(expected[0::2])
@@ -112,7 +112,7 @@ def worker(articles: str, label: str, profile: str | None) -> dict:
         rss_build = peak_rss_mb()
         answer_ms, encode_ms = answer_latency(index_dir, titles)
         generation = current_generation(index_dir)
-        index_bytes = folder_bytes(generation)
+        index_bytes = folder_bytes(Path(index_dir))  # the live generation and the segments it reads
         with closing(sqlite3.connect(generation / DATABASE_FILE)) as db:
             chunk_texts = [text for (text,) in db.execute("SELECT text FROM chunks ORDER BY id")]
             n_sentences = db.execute("SELECT COUNT(*) FROM sentences").fetchone()[0]

@@ -21,7 +21,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 def top_features(questions, index_dir: str) -> np.ndarray:
     """(n, 2): chunk cosine and keyword coverage of each question's best sentence."""
     index = load_index(index_dir)
-    vectors = get_embedder(index.manifest["model"]).encode_queries([q.question for q in questions])
+    vectors = get_embedder(index.manifest["model"], index.manifest["backend"]).encode_queries([q.question for q in questions])
     rows = []
     for question, vector in zip(questions, vectors):
         best = index.rank(question.question, vector)[0]

@@ -8,8 +8,8 @@ faiss runs single-threaded by default (`--threads 1`): one query vector at a tim
 OpenMP, and on a busy 2-core machine OpenMP's spinning threads made a 10k exact search 40 ms instead of 1.
 
 Indexes (all inner product on unit vectors = cosine):
-- exact: IndexFlatIP (what qa uses today), wrapped in IndexIDMap2 for stable ids;
-- IVF: IndexIVFFlat, nlist ≈ 4·sqrt(n) (k-means, 10 iterations, on a sample of at most 40·nlist vectors), ids stored natively
+- exact: IndexFlatIP (what qa uses below 200,000 chunks), wrapped in IndexIDMap2 for stable ids;
+- IVF: IndexIVFFlat (what qa uses from 200,000 chunks, nprobe 128), nlist ≈ 4·sqrt(n) (k-means, 10 iterations, on a sample of at most 40·nlist vectors), ids stored natively
   (add_with_ids / remove_ids), swept over nprobe;
 - HNSW: IndexHNSWFlat (M=32, efConstruction=80), swept over efSearch; built only up to --hnsw-max vectors
   (default 100,000: at 1M its build takes many minutes on 2 cores; the table says when it was skipped).
@@ -137,8 +137,9 @@ def bench_size(n: int, rng: np.random.Generator, distribution: str, queries: np.
 def check_removal(n: int, exact, ivf, ids: np.ndarray, queries: np.ndarray, rng: np.random.Generator) -> dict:
     """Remove 1% of the ids from the IVF index (and from exact search); removed ids never come back, recall holds.
 
-    The IVF index gets a hash-table direct map first, as qa would need for `reconstruct_batch(ids)` (retrieval
-    reads the vectors of its top chunks back); with it, faiss removes only through IDSelectorArray. The index
+    The IVF index gets a hash-table direct map first, so that `reconstruct(id)` can show a removed id is gone
+    (qa itself keeps the chunk vectors in memory and needs none); with it, faiss removes only through
+    IDSelectorArray. The index
     is also written and read back (nprobe and the direct map survive) before the removal, and re-adding the
     removed vectors under new ids is checked."""
     gone = np.sort(rng.choice(ids, max(1, n // 100), replace=False))

@@ -86,9 +86,7 @@ def answer(
         from .followup import resolve_question
 
         search_text = resolve_question(question, history)
-    from .embeddings import get_embedder
-
-    query_vector = get_embedder(index.manifest["model"]).encode_queries([search_text])[0]
+    query_vector = index.encode_query(search_text)
     ranked = index.rank(search_text, query_vector)
     if not ranked or _off_topic(ranked[0]):
         return Answer(question=question, text=ABSTAIN_TEXT, abstained=True)

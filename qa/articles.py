@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,11 +63,17 @@ class SkippedFile:
     reason: str
 
 
-def find_article_files(articles_dir: str | Path) -> list[Path]:
-    """Every .txt and .md file under `articles_dir`, recursively, sorted, ignoring hidden files."""
+def require_folder(articles_dir: str | Path) -> Path:
+    """`articles_dir` as a Path; raises FileNotFoundError saying what to do when it is not a folder."""
     root = Path(articles_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"articles folder {str(root)!r} does not exist: create it or pass --articles DIR")
+    return root
+
+
+def find_article_files(articles_dir: str | Path) -> list[Path]:
+    """Every .txt and .md file under `articles_dir`, recursively, sorted, ignoring hidden files."""
+    root = require_folder(articles_dir)
     return sorted(
         path
         for path in root.rglob("*")
@@ -76,13 +83,11 @@ def find_article_files(articles_dir: str | Path) -> list[Path]:
     )
 
 
-def read_article(path: Path, root: Path) -> Article:
-    """Read and parse one article file; raises ValueError saying why a file is unusable."""
-    if path.is_symlink() and not path.resolve().is_relative_to(root.resolve()):
-        raise ValueError("a link to a file outside the articles folder; copy the file in instead")
-    if path.stat().st_size > MAX_ARTICLE_BYTES:
+def check_article_bytes(data: bytes) -> str:
+    """The text of an article file's bytes, as `read_text(encoding="utf-8")` gives it; raises ValueError saying why
+    the bytes are not a usable article (used for files in the folder and for uploads alike)."""
+    if len(data) > MAX_ARTICLE_BYTES:
         raise ValueError(f"larger than {MAX_ARTICLE_BYTES // 1_000_000} MB; split it into articles")
-    data = path.read_bytes()
     if not data.strip():
         raise ValueError("empty file")
     if b"\x00" in data:
@@ -91,8 +96,15 @@ def read_article(path: Path, root: Path) -> Article:
         decoded = data.decode("utf-8")
     except UnicodeDecodeError as error:
         raise ValueError(f"not UTF-8 (byte {error.start}); re-save it as UTF-8") from None
-    text = decoded.replace("\r\n", "\n").replace("\r", "\n")  # what read_text's universal newlines do
-    return parse_article(text, path.relative_to(root).as_posix(), hashlib.sha256(data).hexdigest())
+    return decoded.replace("\r\n", "\n").replace("\r", "\n")  # what read_text's universal newlines do
+
+
+def _read_article_bytes(path: Path, root: Path) -> bytes:
+    if path.is_symlink() and not path.resolve().is_relative_to(root.resolve()):
+        raise ValueError("a link to a file outside the articles folder; copy the file in instead")
+    if path.stat().st_size > MAX_ARTICLE_BYTES:
+        raise ValueError(f"larger than {MAX_ARTICLE_BYTES // 1_000_000} MB; split it into articles")
+    return path.read_bytes()
 
 
 def parse_article(text: str, path: str, sha256: str) -> Article:
@@ -200,16 +212,35 @@ def _find_date(text: str, lines: list[tuple[int, int]], content: list[int]) -> t
     return None, None
 
 
-def read_articles(articles_dir: str | Path) -> tuple[list[Article], list[SkippedFile]]:
-    """Read every article under `articles_dir`; unusable files are skipped with a one-line warning each."""
+@dataclass
+class ArticleScan:
+    """The article files of a folder: read in full where new or changed, only fingerprinted where unchanged."""
+
+    articles: list[Article]
+    """New and changed articles (every article, when nothing was indexed before)."""
+    unchanged: list[str] = field(default_factory=list)
+    """Paths whose content is what `indexed` says: not parsed again."""
+    skipped: list[SkippedFile] = field(default_factory=list)
+
+
+def read_articles(articles_dir: str | Path, indexed: Mapping[str, str] | None = None) -> ArticleScan:
+    """Read the articles under `articles_dir`; unusable files are skipped with a one-line warning each.
+
+    `indexed` maps paths to the SHA-256 of the content already indexed; those files are only hashed, not parsed.
+    """
     root = Path(articles_dir)
-    articles, skipped = [], []
+    scan = ArticleScan(articles=[])
     for path in find_article_files(root):
+        relative = path.relative_to(root).as_posix()
         try:
-            articles.append(read_article(path, root))
+            data = _read_article_bytes(path, root)
+            digest = hashlib.sha256(data).hexdigest()
+            if indexed and indexed.get(relative) == digest:
+                scan.unchanged.append(relative)
+            else:
+                scan.articles.append(parse_article(check_article_bytes(data), relative, digest))
         except (OSError, ValueError) as error:
             reason = str(error) if isinstance(error, ValueError) else error.strerror or str(error)
-            relative = path.relative_to(root).as_posix()
             logger.warning("skipped %s: %s", relative, reason)
-            skipped.append(SkippedFile(relative, reason))
-    return articles, skipped
+            scan.skipped.append(SkippedFile(relative, reason))
+    return scan

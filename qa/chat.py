@@ -17,8 +17,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline: Gradio mu
 import gradio as gr  # noqa: E402
 
 from . import Answer, Citation, IndexSummary, answer, build_index, config, describe_index  # noqa: E402
-from .articles import MAX_ARTICLE_BYTES  # noqa: E402
-from .embeddings import get_embedder  # noqa: E402
+from .articles import MAX_ARTICLE_BYTES, check_article_bytes  # noqa: E402
 from .retrieval import load_index  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -205,8 +204,7 @@ def serve(
 def _warm_up(index_dir: str) -> None:
     """Load the index and the model before the first reader asks, so the first answer is as quick as the rest."""
     try:
-        embedder = get_embedder(load_index(index_dir).manifest["model"])
-        embedder.encode_queries(["warm up"])
+        load_index(index_dir).encode_query("warm up")
     except (FileNotFoundError, RuntimeError) as error:
         logger.warning("the chat starts without an index: %s", error)
 
@@ -346,14 +344,7 @@ def _checked_upload(path: Path, original: str) -> tuple[str, bytes]:
     if size > MAX_UPLOAD_BYTES:
         raise ValueError(f"{size / 1_000_000:.1f} MB is over the {MAX_UPLOAD_BYTES // 1_000_000} MB limit")
     data = path.read_bytes()
-    if not data.strip():
-        raise ValueError("the file is empty")
-    if b"\x00" in data:
-        raise ValueError("not a text file")
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ValueError("not UTF-8 text; save it as UTF-8 and upload it again") from None
+    check_article_bytes(data)
     return name, data
 
 
@@ -440,7 +431,7 @@ def _index_views(index_dir: str) -> tuple[str, list[list]]:
 
 def _summary_markdown(summary: IndexSummary) -> str:
     facts = [
-        ("Model", f"{summary.model} ({summary.dimension} dimensions)"),
+        ("Model", f"{summary.model} ({summary.dimension} dimensions, on {summary.backend})"),
         ("Built", summary.built_at),
         ("Articles", str(summary.n_articles)),
         ("Chunks", str(summary.n_chunks)),

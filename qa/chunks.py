@@ -54,7 +54,7 @@ def split_sentences(article: Article) -> list[Sentence]:
     for paragraph_start, paragraph_end in article.paragraphs:
         paragraph = article.text[paragraph_start:paragraph_end]
         cursor = 0
-        for segment in _segmenter().segment(paragraph):
+        for segment in _segmenter().processor(paragraph).process():  # segment() without its unused span pass
             found = paragraph.find(segment, cursor)
             if found < 0:  # pysbd changed the text: fall back to what is left of the paragraph
                 found = cursor

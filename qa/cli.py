@@ -41,6 +41,10 @@ def _parser() -> argparse.ArgumentParser:
     _add_articles(index)
     _add_index(index)
     index.add_argument("--model", help=f"sentence-transformers model (default: ${config.MODEL_ENV} or {config.DEFAULT_MODEL})")
+    index.add_argument(
+        "--backend", choices=config.BACKENDS,
+        help=f"how the model runs (default: ${config.BACKEND_ENV} or {config.DEFAULT_BACKEND}); onnx needs pip install 'qa[onnx]'",
+    )
     index.add_argument("--rebuild", action="store_true", help="re-embed every article, ignoring the existing index")
     index.set_defaults(run=_index)
 
@@ -77,7 +81,7 @@ def _add_index(parser: argparse.ArgumentParser) -> None:
 def _index(args: argparse.Namespace) -> int:
     from .index import build_index
 
-    report = build_index(args.articles, args.index, args.model, rebuild=args.rebuild)
+    report = build_index(args.articles, args.index, args.model, rebuild=args.rebuild, backend=args.backend)
     print(
         f"{report.added} added, {report.updated} updated, {report.removed} removed, {report.unchanged} unchanged; "
         f"{report.chunks_embedded} chunks embedded in {report.seconds:.1f} s"

@@ -23,15 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import DEFAULT_MODEL
+from .config import BACKEND_ENV, BACKENDS, DEFAULT_BACKEND, DEFAULT_MODEL
 
 logger = logging.getLogger(__name__)
 
 BATCH_SIZE = 32
-BACKEND_ENV = "QA_BACKEND"
 CACHE_ENV = "QA_CACHE"
-BACKENDS = ("torch", "onnx")
-DEFAULT_BACKEND = "torch"
 ONNX_EXPORT_VERSION = 1
 """Bumped when the export recipe changes, so cached exports are redone."""
 

@@ -13,7 +13,6 @@ from tqdm import tqdm
 
 from . import config
 from .answers import Answer, answer
-from .embeddings import get_embedder
 from .retrieval import load_index
 
 _TYPOGRAPHIC = str.maketrans({"‘": "'", "’": "'", "‚": "'", "“": '"', "”": '"', "„": '"', "′": "'", "″": '"'})
@@ -112,7 +111,7 @@ def evaluate(questions: list[Question], index_dir: str | None = None) -> EvalRep
     """Ask every question and score the answers."""
     report = EvalReport()
     started = time.perf_counter()
-    get_embedder(load_index(index_dir).manifest["model"]).encode_queries(["warm up"])
+    load_index(index_dir).encode_query("warm up")
     report.startup_ms = (time.perf_counter() - started) * 1000
     for question in tqdm(questions, desc="questions", unit="q", disable=None):
         started = time.perf_counter()

@@ -8,23 +8,22 @@ import sqlite3
 import threading
 from contextlib import closing
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from . import config
 from .index import (
-    BM25_CHUNKS_DIR,
-    BM25_SENTENCES_DIR,
+    APPROXIMATE_FILE,
     DATABASE_FILE,
-    FAISS_FILE,
-    SENTENCE_VECTORS_FILE,
+    SEGMENTS_DIR,
     IndexCorruptError,
     IndexNotFoundError,
     current_generation,
     read_manifest,
 )
+from .keywords import KeywordIndex, tokenize
+from .segments import SegmentError, gather
 
 logger = logging.getLogger(__name__)
 
@@ -57,24 +56,8 @@ _HAS_NUMBER = re.compile(
 )
 
 
-@lru_cache(maxsize=1)
-def _stemmer():
-    import Stemmer
-
-    return Stemmer.Stemmer("english")
-
-
-def tokenize(texts: list[str]):
-    """BM25 tokens: lower-cased words without English stop words, stemmed."""
-    import bm25s
-
-    return bm25s.tokenize(texts, stopwords="en", stemmer=_stemmer(), show_progress=False)
-
-
 def _query_tokens(question: str) -> list[str]:
-    import bm25s
-
-    return bm25s.tokenize([question], stopwords="en", stemmer=_stemmer(), return_ids=False, show_progress=False)[0]
+    return tokenize([question])[0]
 
 
 @dataclass(frozen=True)
@@ -102,23 +85,40 @@ class LoadedIndex:
     """One generation of the index, read into memory and ready to search."""
 
     def __init__(self, generation: Path):
-        import bm25s
-        import faiss
-
         self.generation = generation
         self.manifest = read_manifest(generation)
         try:
-            self.chunk_vectors = faiss.read_index(str(generation / FAISS_FILE))
-            self.sentence_vectors = np.load(generation / SENTENCE_VECTORS_FILE)
-            self.bm25_chunks = bm25s.BM25.load(str(generation / BM25_CHUNKS_DIR), show_progress=False)
-            self.bm25_sentences = bm25s.BM25.load(str(generation / BM25_SENTENCES_DIR), show_progress=False)
             self._load_tables(generation / DATABASE_FILE)
-        except (OSError, RuntimeError, ValueError, sqlite3.DatabaseError) as error:
+            rows = gather(
+                generation.parent / SEGMENTS_DIR,
+                [entry["name"] for entry in self.manifest["segments"]],
+                self.chunk_ids,
+                self.sentence_ids,
+            )
+            self.chunk_vectors = rows.chunks.vectors
+            self.sentence_vectors = rows.sentences.vectors
+            self.chunk_keywords = KeywordIndex(rows.chunks.terms)
+            self.sentence_keywords = KeywordIndex(rows.sentences.terms)
+            self.dense_search = self._dense_search()
+        except (OSError, RuntimeError, ValueError, KeyError, sqlite3.DatabaseError) as error:
             raise IndexCorruptError(
                 f"the index in {generation} cannot be read ({error}); run `qa index --rebuild`"
             ) from None
-        if self.chunk_vectors.ntotal != len(self.chunk_article) or len(self.sentence_vectors) != len(self.sentence_article):
-            raise IndexCorruptError(f"the index in {generation} is inconsistent; run `qa index --rebuild`")
+
+    def _dense_search(self):
+        """Exact inner-product search over the chunk vectors, or the generation's IVF index when it has one."""
+        import faiss
+
+        approximate = self.manifest.get("approximate")
+        if approximate is None:
+            search = faiss.IndexFlatIP(self.chunk_vectors.shape[1])
+            search.add(self.chunk_vectors)
+            return search
+        search = faiss.read_index(str(self.generation / APPROXIMATE_FILE))
+        search.nprobe = approximate["probes"]
+        if search.ntotal != len(self.chunk_ids):
+            raise SegmentError(f"the IVF index holds {search.ntotal} chunks, not {len(self.chunk_ids)}")
+        return search
 
     def _load_tables(self, database: Path) -> None:
         with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
@@ -126,21 +126,25 @@ class LoadedIndex:
                 article_id: ArticleRecord(path, title, date)
                 for article_id, path, title, date in db.execute("SELECT id, path, title, date FROM articles")
             }
-            sentences = db.execute("SELECT article_id, position, start, end, text, sha1 FROM sentences ORDER BY id").fetchall()
-            chunks = db.execute("SELECT article_id, first_position, last_position FROM chunks ORDER BY id").fetchall()
-        self.sentence_article = np.array([row[0] for row in sentences], dtype=np.int64)
-        self.sentence_position = np.array([row[1] for row in sentences], dtype=np.int64)
-        self.sentence_start = np.array([row[2] for row in sentences], dtype=np.int64)
-        self.sentence_end = np.array([row[3] for row in sentences], dtype=np.int64)
-        self.sentence_text = [row[4] for row in sentences]
-        self.sentence_hash = [row[5] for row in sentences]
+            sentences = db.execute(
+                "SELECT id, article_id, position, start, end, text, sha1 FROM sentences ORDER BY id"
+            ).fetchall()
+            chunks = db.execute("SELECT id, article_id, first_position, last_position FROM chunks ORDER BY id").fetchall()
+        self.sentence_ids = np.array([row[0] for row in sentences], dtype=np.int64)
+        self.sentence_article = np.array([row[1] for row in sentences], dtype=np.int64)
+        self.sentence_position = np.array([row[2] for row in sentences], dtype=np.int64)
+        self.sentence_start = np.array([row[3] for row in sentences], dtype=np.int64)
+        self.sentence_end = np.array([row[4] for row in sentences], dtype=np.int64)
+        self.sentence_text = [row[5] for row in sentences]
+        self.sentence_hash = [row[6] for row in sentences]
         first_row: dict[int, int] = {}
         for row, (article_id, position) in enumerate(zip(self.sentence_article, self.sentence_position)):
             if position == 0:
                 first_row[int(article_id)] = row
-        self.chunk_article = np.array([row[0] for row in chunks], dtype=np.int64)
-        self.chunk_first_row = np.array([first_row[a] + first for a, first, _ in chunks], dtype=np.int64)
-        self.chunk_last_row = np.array([first_row[a] + last for a, _, last in chunks], dtype=np.int64)
+        self.chunk_ids = np.array([row[0] for row in chunks], dtype=np.int64)
+        self.chunk_article = np.array([row[1] for row in chunks], dtype=np.int64)
+        self.chunk_first_row = np.array([first_row[a] + first for _, a, first, _ in chunks], dtype=np.int64)
+        self.chunk_last_row = np.array([first_row[a] + last for _, a, _, last in chunks], dtype=np.int64)
 
     @property
     def articles_dir(self) -> Path:
@@ -149,22 +153,28 @@ class LoadedIndex:
     def article_of(self, row: int) -> ArticleRecord:
         return self.articles[int(self.sentence_article[row])]
 
+    def encode_query(self, text: str) -> np.ndarray:
+        """The query vector of `text`, from the model and backend that embedded this index."""
+        from .embeddings import get_embedder
+
+        return get_embedder(self.manifest["model"], self.manifest["backend"]).encode_queries([text])[0]
+
     def rank(self, question: str, query_vector: np.ndarray) -> list[RankedSentence]:
         """Sentences from the best chunks, most relevant first."""
         all_tokens = _query_tokens(question)
-        tokens = [t for t in all_tokens if t in self.bm25_chunks.vocab_dict]
-        per_token = {t: self.bm25_chunks.get_scores([t]) for t in set(tokens)}
-        chunk_keyword = sum((per_token[t] for t in tokens), np.zeros(len(self.chunk_article), dtype=np.float32))
-        depth = min(FIRST_STAGE_DEPTH, self.chunk_vectors.ntotal)
-        dense_scores, dense_ids = self.chunk_vectors.search(query_vector[None, :], depth)
+        tokens = [t for t in all_tokens if t in self.chunk_keywords]
+        per_token = {t: self.chunk_keywords.term_scores(t) for t in set(tokens)}
+        chunk_keyword = sum((per_token[t] for t in tokens), np.zeros(len(self.chunk_ids), dtype=np.float32))
+        depth = min(FIRST_STAGE_DEPTH, len(self.chunk_ids))
+        dense_ids = self._dense_rows(query_vector, depth)
         keyword_ids = np.argsort(-chunk_keyword)[:depth] if tokens else np.array([], dtype=np.int64)
         fused: dict[int, float] = {}
-        for ranking in (dense_ids[0], keyword_ids):
+        for ranking in (dense_ids, keyword_ids):
             for rank, chunk in enumerate(ranking):
                 if chunk >= 0:
                     fused[int(chunk)] = fused.get(int(chunk), 0.0) + 1.0 / (RRF_K + rank + 1)
         top_chunks = np.array(sorted(fused, key=fused.get, reverse=True)[:FUSED_CHUNKS], dtype=np.int64)
-        chunk_dense = self.chunk_vectors.reconstruct_batch(top_chunks) @ query_vector
+        chunk_dense = self.chunk_vectors[top_chunks] @ query_vector
         chunk_coverage = self._coverage(all_tokens, per_token, top_chunks)
 
         candidate: dict[int, tuple[float, float, float]] = {}
@@ -175,9 +185,7 @@ class LoadedIndex:
         rows = np.fromiter(candidate, dtype=np.int64)
         context = np.array([candidate[r] for r in rows], dtype=np.float32).reshape(-1, 3)
         sentence_dense = self.sentence_vectors[rows] @ query_vector
-        sentence_keyword = (
-            self.bm25_sentences.get_scores(tokens)[rows] if tokens else np.zeros(len(rows), dtype=np.float32)
-        )
+        sentence_keyword = self.sentence_keywords.scores(tokens, rows)
         features = np.stack([sentence_dense, sentence_keyword, context[:, 0], context[:, 1]])
         scores = FEATURE_WEIGHTS @ np.apply_along_axis(_zscore, 1, features)
         scores += ANSWER_TYPE_WEIGHT * _answer_type_match(question, [self.sentence_text[r] for r in rows])
@@ -194,10 +202,18 @@ class LoadedIndex:
             for i in order
         ]
 
+    def _dense_rows(self, query_vector: np.ndarray, depth: int) -> np.ndarray:
+        """Positions of the `depth` chunks nearest the query (-1 where an approximate search found fewer)."""
+        _, found = self.dense_search.search(query_vector[None, :], depth)
+        if self.manifest.get("approximate") is None:
+            return found[0]
+        rows = np.searchsorted(self.chunk_ids, found[0])
+        return np.where(found[0] >= 0, rows, -1)
+
     def _coverage(self, all_tokens: list[str], per_token: dict[str, np.ndarray], chunks: np.ndarray) -> np.ndarray:
         """For each chunk, the share of the question's term weight (IDF) that it contains; a term found
         nowhere in the articles weighs as much as the rarest term there."""
-        n_chunks = len(self.chunk_article)
+        n_chunks = len(self.chunk_ids)
         rarest = float(np.log(1 + (n_chunks - 0.5) / 1.5))
         weights, present = [], []
         for token in dict.fromkeys(all_tokens):

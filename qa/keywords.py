@@ -1,0 +1,103 @@
+"""Keywords: BM25 term counts that can be added and removed row by row, scored as bm25s scores them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from scipy import sparse
+
+K1 = 1.5
+B = 0.75
+"""bm25s's defaults, with its Lucene scoring: idf = log(1 + (N - df + 0.5) / (df + 0.5)), tf / (tf + K1 (1 - B + B dl / avgdl)).
+bm25s cannot add or remove documents from a built index (xhluca/bm25s#5, #98), so qa keeps raw term counts,
+which can be, and derives the scores from them when an index is loaded."""
+
+
+@lru_cache(maxsize=1)
+def _stemmer():
+    import Stemmer
+
+    return Stemmer.Stemmer("english")
+
+
+def tokenize(texts: list[str]) -> list[list[str]]:
+    """BM25 terms of each text: lower-cased words without English stop words, stemmed (bm25s's tokenizer)."""
+    import bm25s
+
+    return bm25s.tokenize(texts, stopwords="en", stemmer=_stemmer(), return_ids=False, show_progress=False)
+
+
+@dataclass
+class TermCounts:
+    """How often each term occurs in each of a set of texts: a (texts x terms) sparse matrix and its terms."""
+
+    counts: sparse.csr_matrix
+    terms: np.ndarray
+    """The column labels of `counts` (str)."""
+
+    @classmethod
+    def of(cls, texts: list[str]) -> TermCounts:
+        tokens = tokenize(texts)
+        terms, columns = np.unique(np.array([t for text in tokens for t in text], dtype=str), return_inverse=True)
+        rows = np.repeat(np.arange(len(tokens)), [len(text) for text in tokens])
+        counts = sparse.csr_matrix(
+            (np.ones(len(columns), dtype=np.float32), (rows, columns)), shape=(len(tokens), len(terms))
+        )
+        counts.sum_duplicates()
+        return cls(counts, terms)
+
+    @classmethod
+    def stack(cls, parts: list[TermCounts]) -> TermCounts:
+        """One matrix with the rows of all parts, in order, over the union of their terms."""
+        terms, inverse = np.unique(np.concatenate([part.terms for part in parts] or [np.array([], dtype=str)]),
+                                   return_inverse=True)
+        blocks, offset = [], 0
+        for part in parts:
+            remap = inverse[offset : offset + len(part.terms)]
+            offset += len(part.terms)
+            coo = part.counts.tocoo()
+            blocks.append(sparse.csr_matrix((coo.data, (coo.row, remap[coo.col])), shape=(coo.shape[0], len(terms))))
+        counts = sparse.vstack(blocks, format="csr") if blocks else sparse.csr_matrix((0, 0), dtype=np.float32)
+        return cls(counts, terms)
+
+    def rows(self, selected: np.ndarray) -> TermCounts:
+        return TermCounts(self.counts[selected], self.terms)
+
+
+class KeywordIndex:
+    """BM25 scores of every row of a TermCounts for a list of query terms."""
+
+    def __init__(self, term_counts: TermCounts):
+        counts = term_counts.counts.tocsc()
+        n_rows = counts.shape[0]
+        lengths = np.asarray(counts.sum(axis=1)).ravel()
+        average = float(lengths.mean()) if n_rows and lengths.mean() > 0 else 1.0
+        frequency = np.diff(counts.indptr)
+        idf = np.log(1 + (n_rows - frequency + 0.5) / (frequency + 0.5)).astype(np.float32)
+        tf = counts.data
+        norms = K1 * ((1 - B) + B * lengths[counts.indices] / average)
+        counts.data = (np.repeat(idf, frequency) * tf / (tf + norms)).astype(np.float32)
+        self.weights = counts
+        self.n_rows = n_rows
+        self.columns = {str(term): column for column, term in enumerate(term_counts.terms)}
+
+    def __contains__(self, term: str) -> bool:
+        return term in self.columns
+
+    def term_scores(self, term: str) -> np.ndarray:
+        """The BM25 score of `term` for every row (zero where it does not occur)."""
+        column = self.columns[term]
+        scores = np.zeros(self.n_rows, dtype=np.float32)
+        start, end = self.weights.indptr[column], self.weights.indptr[column + 1]
+        scores[self.weights.indices[start:end]] = self.weights.data[start:end]
+        return scores
+
+    def scores(self, terms: list[str], rows: np.ndarray | None = None) -> np.ndarray:
+        """Summed BM25 scores of the known `terms` (repeats count again), for all rows or for `rows` only."""
+        known = [self.columns[t] for t in terms if t in self.columns]
+        selected = self.weights if rows is None else self.weights[rows]
+        if not known:
+            return np.zeros(selected.shape[0], dtype=np.float32)
+        return np.asarray(selected[:, known].sum(axis=1), dtype=np.float32).ravel()
