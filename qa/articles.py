@@ -86,8 +86,7 @@ def find_article_files(articles_dir: str | Path) -> list[Path]:
 def check_article_bytes(data: bytes) -> str:
     """The text of an article file's bytes, as `read_text(encoding="utf-8")` gives it; raises ValueError saying why
     the bytes are not a usable article (used for files in the folder and for uploads alike)."""
-    if len(data) > MAX_ARTICLE_BYTES:
-        raise ValueError(f"larger than {MAX_ARTICLE_BYTES // 1_000_000} MB; split it into articles")
+    _check_size(len(data))
     if not data.strip():
         raise ValueError("empty file")
     if b"\x00" in data:
@@ -102,9 +101,13 @@ def check_article_bytes(data: bytes) -> str:
 def _read_article_bytes(path: Path, root: Path) -> bytes:
     if path.is_symlink() and not path.resolve().is_relative_to(root.resolve()):
         raise ValueError("a link to a file outside the articles folder; copy the file in instead")
-    if path.stat().st_size > MAX_ARTICLE_BYTES:
-        raise ValueError(f"larger than {MAX_ARTICLE_BYTES // 1_000_000} MB; split it into articles")
+    _check_size(path.stat().st_size)  # before reading: a 20 MB dump is refused without loading it
     return path.read_bytes()
+
+
+def _check_size(size: int) -> None:
+    if size > MAX_ARTICLE_BYTES:
+        raise ValueError(f"larger than {MAX_ARTICLE_BYTES // 1_000_000} MB; split it into articles")
 
 
 def parse_article(text: str, path: str, sha256: str) -> Article:
