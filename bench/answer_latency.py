@@ -148,18 +148,18 @@ def squad_section(args: argparse.Namespace, results: dict) -> None:
             started = time.perf_counter()
             embedder.encode_queries([question.question])
             encode_ms.append((time.perf_counter() - started) * 1000)
-    hit3 = report.answerable_hits / report.answerable if report.answerable else 0.0
+    hit3 = report.overall.answerable_hits / report.overall.answerable if report.overall.answerable else 0.0
     mean_chars = float(np.mean(report.quoted_characters or [0]))
     print(f"\nSQuAD ({len(questions)} questions, {built.added + built.unchanged} articles; index built in {build_seconds:.1f} s; "
           f"backend {embedder.backend})")
-    print(f"{'hit@3':34s} {report.answerable_hits}/{report.answerable} ({hit3:.1%})")
+    print(f"{'hit@3':34s} {report.overall.answerable_hits}/{report.overall.answerable} ({hit3:.1%})")
     print(f"{'mean quoted chars per answer':34s} {mean_chars:.0f}")
-    print(f"{'false abstentions':34s} {report.false_abstentions}/{report.answerable}")
+    print(f"{'false abstentions':34s} {report.overall.false_abstentions}/{report.overall.answerable}")
     print(f"{'citation integrity':34s} {report.integrity:.1%}")
     print_latency(report.latencies_ms, encode_ms)
     results["squad"] = {
         "backend": embedder.backend, "questions": len(questions), "hit_at_3": hit3, "mean_quoted_chars": mean_chars,
-        "false_abstentions": report.false_abstentions, "integrity": report.integrity,
+        "false_abstentions": report.overall.false_abstentions, "integrity": report.integrity,
         "answer_p50_ms": percentile(report.latencies_ms, 50), "answer_p95_ms": percentile(report.latencies_ms, 95),
         "encode_p50_ms": percentile(encode_ms, 50),
     }

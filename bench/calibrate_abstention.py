@@ -1,39 +1,60 @@
-"""Calibrate the abstention thresholds: how often each (dense, keyword-coverage) rule abstains on questions the
-articles answer (SQuAD on its own articles, dev answerables on the seeds) and on questions they cannot answer
-(dev unanswerables; SQuAD questions asked of the seeds; dev questions asked of the SQuAD articles)."""
+"""Calibrate the abstention thresholds, for single questions and for questions inside a conversation.
+
+Single questions: how often each (dense, keyword-coverage) rule abstains on questions the articles answer (SQuAD on
+its own articles, dev answerables on the seeds) and on questions they cannot answer (dev unanswerables; SQuAD
+questions asked of the seeds; dev questions asked of the SQuAD articles).
+
+Conversations: the 313 answerable CNN dev questions, each with its own history, on the 30 stories plus the 2,225
+BBC stories as distractors, against 300 SQuAD questions and the 12 dev questions asked on that index after the
+history of a random CNN conversation (nothing there answers them). Only questions whose best sentence stands in
+the conversation's own article are judged by the conversation rule (dense, and coverage of the question's own
+words in that article); the others by the single-question rule.
+
+    .venv/bin/python bench/calibrate_abstention.py --news-index DIR   # DIR: an index of news/ and bbc/ (built if missing)
+"""
 
 from __future__ import annotations
 
 import argparse
+import random
+import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from qa import build_index
-from qa.embeddings import get_embedder
-from qa.evaluate import load_questions
+from qa.answers import ABSTAIN_COVERAGE, ABSTAIN_DENSE, FOCUS_TRUSTED, earlier_turn
+from qa.evaluate import Question, load_questions
+from qa.followup import read_conversation
 from qa.retrieval import load_index
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+CONVERSATION_NEGATIVES = 300
+SEED = 0
 
 
-def top_features(questions, index_dir: str) -> np.ndarray:
-    """(n, 2): chunk cosine and keyword coverage of each question's best sentence."""
+def top_features(questions: list[Question], index_dir: str, histories: list | None = None) -> np.ndarray:
+    """(n, 4) for each question's best sentence: chunk cosine, keyword coverage, focus weight of its article, and
+    the coverage of the question's own words in that article."""
     index = load_index(index_dir)
-    vectors = get_embedder(index.manifest["model"], index.manifest["backend"]).encode_queries([q.question for q in questions])
     rows = []
-    for question, vector in zip(questions, vectors):
-        best = index.rank(question.question, vector)[0]
-        rows.append((best.chunk_dense, best.keyword_coverage))
+    for number, question in enumerate(questions):
+        history = histories[number] if histories else question.history
+        search_text, focus = read_conversation(index, question.question, [earlier_turn(q, a) for q, a in history])
+        best = index.rank(search_text, index.encode_query(search_text), focus, question.question)[0]
+        rows.append(
+            (
+                best.chunk_dense,
+                best.keyword_coverage,
+                focus.articles.get(best.article, 0.0),
+                index.article_coverage(question.question, best.article),
+            )
+        )
     return np.array(rows)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--shared", default=str(SHARED), help="the shared folder with seeds/ and eval/")
-    args = parser.parse_args()
-    shared = Path(args.shared)
+def single_questions(shared: Path) -> None:
     dev = load_questions(shared / "eval/dev.jsonl")
     squad = load_questions(shared / "eval/squad/questions.jsonl")
     with tempfile.TemporaryDirectory() as seeds_index, tempfile.TemporaryDirectory() as squad_index:
@@ -47,13 +68,53 @@ def main() -> None:
                 top_features(dev, squad_index),
             ]
         )
-    print(f"{len(positives)} answerable, {len(negatives)} unanswerable question/index pairs")
+    print(f"single questions: {len(positives)} answerable, {len(negatives)} unanswerable question/index pairs")
     print("dense<  coverage<  false abstentions  abstentions on unanswerable")
     for dense in (0.20, 0.25, 0.30, 0.35, 0.40):
         for coverage in (0.3, 0.4, 0.5, 0.6, 0.7, 1.01):
             abstain_pos = np.mean((positives[:, 0] < dense) & (positives[:, 1] < coverage))
             abstain_neg = np.mean((negatives[:, 0] < dense) & (negatives[:, 1] < coverage))
             print(f"{dense:6.2f}  {coverage:9.2f}  {abstain_pos:17.1%}  {abstain_neg:27.1%}")
+
+
+def conversations(shared: Path, index_dir: str) -> None:
+    random.seed(SEED)
+    news = load_questions(shared / "eval/news/questions.jsonl")
+    histories = [q.history for q in news if len(q.history) >= 2]
+    off_topic = random.sample(load_questions(shared / "eval/squad/questions.jsonl"), CONVERSATION_NEGATIVES)
+    off_topic += load_questions(shared / "eval/dev.jsonl")
+    positives = top_features([q for q in news if q.answerable], index_dir)
+    negatives = top_features(off_topic, index_dir, [random.choice(histories) for _ in off_topic])
+    print(f"\nconversations: {len(positives)} answerable, {len(negatives)} off-topic; best sentence in the "
+          f"conversation's article for {np.mean(positives[:, 2] >= FOCUS_TRUSTED):.0%} and "
+          f"{np.mean(negatives[:, 2] >= FOCUS_TRUSTED):.0%}")
+    print("in the conversation's article: dense<  own coverage<  false abstentions  abstentions on off-topic")
+    for dense in (0.10, 0.15, 0.20, 0.25, 0.30):
+        for coverage in (0.1, 0.2, 0.3, 0.4):
+            rates = []
+            for features in (positives, negatives):
+                in_focus = features[:, 2] >= FOCUS_TRUSTED
+                focused = (features[:, 0] < dense) & (features[:, 3] < coverage)
+                single = (features[:, 0] < ABSTAIN_DENSE) & (features[:, 1] < ABSTAIN_COVERAGE)
+                rates.append(np.mean(np.where(in_focus, focused, single)))
+            print(f"{'':30s}{dense:6.2f}  {coverage:13.2f}  {rates[0]:17.1%}  {rates[1]:24.1%}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shared", default=str(SHARED), help="the shared folder with seeds/, eval/ and corpora/")
+    parser.add_argument("--news-index", help="index of news/ (the CNN stories) and bbc/ to reuse; built if missing")
+    args = parser.parse_args()
+    shared = Path(args.shared)
+    single_questions(shared)
+    with tempfile.TemporaryDirectory() as work:
+        index_dir = args.news_index
+        if index_dir is None:
+            shutil.copytree(shared / "eval/news/articles", Path(work) / "articles/news")
+            shutil.copytree(shared / "corpora/bbc", Path(work) / "articles/bbc", ignore=shutil.ignore_patterns("*.md"))
+            index_dir = str(Path(work) / "index")
+            build_index(Path(work) / "articles", index_dir)
+        conversations(shared, index_dir)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import config
-from .retrieval import LoadedIndex, RankedSentence, load_index
+from .followup import EarlierTurn, read_conversation
+from .retrieval import Focus, LoadedIndex, RankedSentence, load_index
 
 logger = logging.getLogger(__name__)
 
@@ -18,9 +19,14 @@ ABSTAIN_DENSE = 0.30
 """Below this cosine between the question and the best chunk, the articles are taken not to cover the question."""
 ABSTAIN_COVERAGE = 0.40
 """... unless the best chunk also holds at least this share of the question's keyword weight (see README)."""
+FOCUS_TRUSTED = 0.5
+"""An article weighing at least this much in the conversation's focus is the one the conversation is about."""
+ABSTAIN_FOCUS_DENSE = 0.20
+ABSTAIN_FOCUS_COVERAGE = 0.20
+"""In that article, abstain only below this cosine and this share of the question's own keyword weight."""
 NEAR_DUPLICATE_COSINE = 0.95
 QUOTE_SCORE_MARGIN = 6.0
-"""A further quote is added only while its score is within this margin (in standard deviations) of the best."""
+"""A further quote is added only while its ranker score (log-odds) is within this margin of the best."""
 ABSTAIN_TEXT = "The articles do not say: nothing in the indexed articles answers this question."
 
 _SPACE_RUN = re.compile(r"\s+")
@@ -49,6 +55,10 @@ class Answer:
     abstained: bool = False
 
 
+Turn = tuple[str, "str | Answer"]
+"""An earlier turn of a conversation: the question and its answer, as qa's `Answer` or as plain text."""
+
+
 def validate_question(question: str) -> str:
     """The question with surrounding white space removed; raises ValueError saying what is wrong with it."""
     if not isinstance(question, str):
@@ -70,7 +80,7 @@ def answer(
     *,
     index_dir: str | None = None,
     top_k: int = config.MAX_QUOTES,
-    history: Sequence[tuple[str, str]] | None = None,
+    history: Sequence[Turn] | None = None,
 ) -> Answer:
     """Answer `question` from the articles in the index, with up to `top_k` cited quotes.
 
@@ -81,14 +91,10 @@ def answer(
     if not 1 <= top_k <= 10:
         raise ValueError(f"top_k must be between 1 and 10, not {top_k}")
     index = load_index(index_dir)
-    search_text = question
-    if history:
-        from .followup import resolve_question
-
-        search_text = resolve_question(question, history)
+    search_text, focus = read_conversation(index, question, [earlier_turn(q, a) for q, a in history or []])
     query_vector = index.encode_query(search_text)
-    ranked = index.rank(search_text, query_vector)
-    if not ranked or _off_topic(ranked[0]):
+    ranked = index.rank(search_text, query_vector, focus, question)
+    if not ranked or _off_topic(index, question, ranked[0], focus):
         return Answer(question=question, text=ABSTAIN_TEXT, abstained=True)
     citations = _cite(index, _select(index, ranked, top_k))
     if not citations:
@@ -96,8 +102,18 @@ def answer(
     return Answer(question=question, text=_compose(citations), citations=citations)
 
 
-def _off_topic(best: RankedSentence) -> bool:
-    """True when even the best evidence is neither close in meaning nor in wording to the question."""
+def earlier_turn(question: str, reply: str | Answer) -> EarlierTurn:
+    """A conversation turn as follow-up reading takes it: qa's own answers keep the spans they cited."""
+    if isinstance(reply, Answer):
+        return EarlierTurn(question, reply.text, tuple((c.path, c.start, c.end) for c in reply.citations))
+    return EarlierTurn(question, str(reply))
+
+
+def _off_topic(index: LoadedIndex, question: str, best: RankedSentence, focus: Focus) -> bool:
+    """True when even the best evidence is neither close in meaning nor in wording to the question. In the article
+    a conversation is about, only the question's own words count, and the bar is lower: "Why?" asks about it."""
+    if focus.articles.get(best.article, 0.0) >= FOCUS_TRUSTED:
+        return best.chunk_dense < ABSTAIN_FOCUS_DENSE and index.article_coverage(question, best.article) < ABSTAIN_FOCUS_COVERAGE
     return best.chunk_dense < ABSTAIN_DENSE and best.keyword_coverage < ABSTAIN_COVERAGE
 
 

@@ -226,7 +226,11 @@ def _respond(text: str, history: list[Turn], messages: list[dict], index_dir: st
 
 def _ask(text: str, history: list[Turn], index_dir: str) -> Turn:
     """Answer one question in the light of the earlier, successful turns."""
-    earlier = [(turn.question, turn.text) for turn in history if not turn.failed]
+    earlier = [
+        (turn.question, Answer(turn.question, turn.text, turn.citations, abstained=not turn.citations))
+        for turn in history
+        if not turn.failed
+    ]
     try:
         result: Answer = answer(text, index_dir=index_dir, history=earlier)
     except ValueError as error:

@@ -57,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="score a question set", description="Score answers on a JSON-lines question set.")
     evaluate.add_argument("questions", help="JSON-lines file: question, gold, answerable (as in dev.jsonl)")
     _add_index(evaluate)
+    evaluate.add_argument("--self-history", action="store_true", help="ask each conversation in order, with qa's own earlier answers as its history")
     evaluate.add_argument("--show-misses", action="store_true", help="list the ids of questions that missed")
     evaluate.set_defaults(run=_eval)
 
@@ -92,12 +93,12 @@ def _index(args: argparse.Namespace) -> int:
 
 
 def _ask(args: argparse.Namespace) -> int:
-    from .answers import answer
+    from .answers import Turn, answer
 
     if args.question is not None:
         _print_answer(answer(args.question, index_dir=args.index, top_k=args.top_k))
         return 0
-    history: list[tuple[str, str]] = []
+    history: list[Turn] = []
     print("Ask a question about the articles (an empty line or Ctrl-D ends).")
     while True:
         try:
@@ -112,7 +113,7 @@ def _ask(args: argparse.Namespace) -> int:
             print(f"qa: {error}", file=sys.stderr)
             continue
         _print_answer(reply)
-        history.append((question, reply.text))
+        history.append((question, reply))
 
 
 def _print_answer(reply) -> None:
@@ -126,7 +127,7 @@ def _print_answer(reply) -> None:
 def _eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate, load_questions
 
-    report = evaluate(load_questions(args.questions), index_dir=args.index)
+    report = evaluate(load_questions(args.questions), index_dir=args.index, self_history=args.self_history)
     print(report.summary())
     if args.show_misses and report.misses:
         print("missed: " + " ".join(report.misses))

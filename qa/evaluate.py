@@ -1,10 +1,10 @@
-"""Evaluation: scoring `answer()` on a question set (hits, abstentions, citation integrity, quote length, latency)."""
+"""Evaluation: scoring `answer()` on a question set (hits, right article, abstentions, integrity, quote length, latency)."""
 
 from __future__ import annotations
 
 import json
-import re
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,30 +12,71 @@ import numpy as np
 from tqdm import tqdm
 
 from . import config
-from .answers import Answer, answer
+from .answers import Answer, Turn, answer
+from .followup import normalize
 from .retrieval import load_index
 
-_TYPOGRAPHIC = str.maketrans({"‘": "'", "’": "'", "‚": "'", "“": '"', "”": '"', "„": '"', "′": "'", "″": '"'})
-_SPACE_RUN = re.compile(r"\s+")
 
 
 @dataclass(frozen=True)
 class Question:
+    """One question of a set; `history` holds the conversation's earlier (question, answer) turns, oldest first,
+    and `story` names the article file that answers it, when the set says."""
+
     id: str
     question: str
     gold: list[list[str]]
     answerable: bool
+    history: list[tuple[str, str]] = field(default_factory=list)
+    story: str | None = None
+
+
+@dataclass
+class Tally:
+    """Counts over one group of questions (all, first turns, follow-ups)."""
+
+    answerable: int = 0
+    answerable_hits: int = 0
+    right_article: int = 0
+    with_story: int = 0
+    unanswerable: int = 0
+    abstention_hits: int = 0
+    false_abstentions: int = 0
+
+    def add(self, question: Question, reply: Answer, hit: bool) -> None:
+        if question.answerable:
+            self.answerable += 1
+            self.answerable_hits += hit
+            self.false_abstentions += reply.abstained
+            if question.story:
+                self.with_story += 1
+                self.right_article += from_story(question, reply)
+        else:
+            self.unanswerable += 1
+            self.abstention_hits += hit
+
+    def lines(self, name: str) -> list[str]:
+        lines = [
+            f"{name}answerable hits      {self.answerable_hits}/{self.answerable} ({_percent(self.answerable_hits, self.answerable)})",
+        ]
+        if self.with_story:
+            lines.append(
+                f"{name}right article        {self.right_article}/{self.with_story} ({_percent(self.right_article, self.with_story)})"
+            )
+        lines += [
+            f"{name}false abstentions    {self.false_abstentions}/{self.answerable} ({_percent(self.false_abstentions, self.answerable)})",
+            f"{name}abstentions          {self.abstention_hits}/{self.unanswerable} ({_percent(self.abstention_hits, self.unanswerable)})",
+        ]
+        return lines
 
 
 @dataclass
 class EvalReport:
-    """Scores of one question set."""
+    """Scores of one question set, overall and split into first turns and follow-ups."""
 
-    answerable: int = 0
-    answerable_hits: int = 0
-    unanswerable: int = 0
-    abstention_hits: int = 0
-    false_abstentions: int = 0
+    overall: Tally = field(default_factory=Tally)
+    first_turns: Tally = field(default_factory=Tally)
+    follow_ups: Tally = field(default_factory=Tally)
     citations: int = 0
     intact_citations: int = 0
     quoted_characters: list[int] = field(default_factory=list)
@@ -49,10 +90,10 @@ class EvalReport:
 
     def summary(self) -> str:
         latencies = np.array(self.latencies_ms or [0.0])
-        lines = [
-            f"answerable hits      {self.answerable_hits}/{self.answerable} ({_percent(self.answerable_hits, self.answerable)})",
-            f"abstentions          {self.abstention_hits}/{self.unanswerable} ({_percent(self.abstention_hits, self.unanswerable)})",
-            f"false abstentions    {self.false_abstentions}/{self.answerable} ({_percent(self.false_abstentions, self.answerable)})",
+        lines = self.overall.lines("")
+        if self.follow_ups.answerable + self.follow_ups.unanswerable:
+            lines += ["", *self.first_turns.lines("first turns: "), "", *self.follow_ups.lines("follow-ups:  "), ""]
+        lines += [
             f"citation integrity   {self.intact_citations}/{self.citations} ({self.integrity:.1%})",
             f"mean quoted chars    {np.mean(self.quoted_characters or [0]):.0f} (per answered question, all quotes together)",
             f"latency p50 / p95    {np.percentile(latencies, 50):.1f} ms / {np.percentile(latencies, 95):.1f} ms"
@@ -65,13 +106,8 @@ def _percent(part: int, whole: int) -> str:
     return f"{part / whole:.1%}" if whole else "n/a"
 
 
-def normalize(text: str) -> str:
-    """Case-folded, typographic quotes made plain, white space folded: how quotes and gold answers are compared."""
-    return _SPACE_RUN.sub(" ", text.translate(_TYPOGRAPHIC)).strip().casefold()
-
-
 def load_questions(path: str | Path) -> list[Question]:
-    """Questions in the JSON-lines format of `dev.jsonl`: question, gold (groups of alternatives), answerable."""
+    """Questions in JSON lines: question, gold (groups of alternatives), answerable; optionally history and story."""
     questions = []
     for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
@@ -84,6 +120,8 @@ def load_questions(path: str | Path) -> list[Question]:
                     question=record["question"],
                     gold=record.get("gold", []),
                     answerable=bool(record.get("answerable", True)),
+                    history=[(str(q), str(a)) for q, a in record.get("history", [])],
+                    story=record.get("story"),
                 )
             )
         except (ValueError, KeyError, TypeError) as error:
@@ -91,13 +129,26 @@ def load_questions(path: str | Path) -> list[Question]:
     return questions
 
 
+def _counted_quotes(question: Question, reply: Answer, top_k: int) -> list[str]:
+    """The first `top_k` quotes, keeping only those from the question's own story when it names one."""
+    citations = reply.citations[:top_k]
+    if question.story:
+        citations = [c for c in citations if Path(c.path).name == question.story]
+    return [normalize(c.quote) for c in citations]
+
+
 def is_hit(question: Question, reply: Answer, top_k: int = config.MAX_QUOTES) -> bool:
-    """An answerable question hits when every gold group has an alternative inside one of the first
-    `top_k` quotes; an unanswerable one hits when the answer abstains with no citations."""
+    """An answerable question hits when every gold group has an alternative inside one of the first `top_k`
+    quotes (quotes from its own story, when it names one); an unanswerable one when the answer abstains."""
     if not question.answerable:
         return reply.abstained and not reply.citations
-    quotes = [normalize(c.quote) for c in reply.citations[:top_k]]
+    quotes = _counted_quotes(question, reply, top_k)
     return all(any(normalize(alternative) in quote for alternative in group for quote in quotes) for group in question.gold)
+
+
+def from_story(question: Question, reply: Answer, top_k: int = config.MAX_QUOTES) -> bool:
+    """Whether one of the first `top_k` quotes comes from the question's own story file."""
+    return any(Path(c.path).name == question.story for c in reply.citations[:top_k])
 
 
 def citation_is_intact(citation) -> bool:
@@ -107,24 +158,49 @@ def citation_is_intact(citation) -> bool:
         return False
 
 
-def evaluate(questions: list[Question], index_dir: str | None = None) -> EvalReport:
-    """Ask every question and score the answers."""
+class _SelfHistory:
+    """Earlier turns as qa itself answered them: each conversation's questions asked once, in order."""
+
+    def __init__(self, ask: Callable[[str, Sequence[Turn]], Answer]):
+        self.ask = ask
+        self.answers: dict[tuple, Answer] = {}
+
+    def turns(self, question: Question) -> list[Turn]:
+        turns: list[Turn] = []
+        for number, (earlier, _) in enumerate(question.history):
+            key = (question.story, tuple(q for q, _ in question.history[: number + 1]))
+            if key not in self.answers:
+                self.answers[key] = self.ask(earlier, turns)
+            turns.append((earlier, self.answers[key]))
+        return turns
+
+
+def evaluate(questions: list[Question], index_dir: str | None = None, *, self_history: bool = False) -> EvalReport:
+    """Ask every question, with its conversation's earlier turns, and score the answers.
+
+    By default the earlier turns are the set's own (`Question.history`); with `self_history` they are the
+    set's earlier questions with the answers qa gave to them, as the web chat builds them.
+    """
     report = EvalReport()
     started = time.perf_counter()
     load_index(index_dir).encode_query("warm up")
     report.startup_ms = (time.perf_counter() - started) * 1000
+
+    def ask(text: str, history: Sequence[Turn]) -> Answer:
+        try:
+            return answer(text, index_dir=index_dir, history=history)
+        except ValueError:
+            return Answer(question=text, text="", abstained=True)
+
+    own = _SelfHistory(ask)
     for question in tqdm(questions, desc="questions", unit="q", disable=None):
+        history = own.turns(question) if self_history else question.history
         started = time.perf_counter()
-        reply = answer(question.question, index_dir=index_dir)
+        reply = answer(question.question, index_dir=index_dir, history=history)
         report.latencies_ms.append((time.perf_counter() - started) * 1000)
         hit = is_hit(question, reply)
-        if question.answerable:
-            report.answerable += 1
-            report.answerable_hits += hit
-            report.false_abstentions += reply.abstained
-        else:
-            report.unanswerable += 1
-            report.abstention_hits += hit
+        report.overall.add(question, reply, hit)
+        (report.follow_ups if question.history else report.first_turns).add(question, reply, hit)
         if not hit:
             report.misses.append(question.id)
         if not reply.abstained:

@@ -1,9 +1,20 @@
-"""Follow-up questions: resolving a short or referring question against the earlier turns of a conversation."""
+"""Follow-up questions: reading a question against the earlier turns of a conversation (its words, its articles)."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .keywords import tokenize
+from .retrieval import Focus
+
+if TYPE_CHECKING:
+    from .retrieval import LoadedIndex
 
 MIN_CONTENT_WORDS = 2
 """A question with fewer words of its own than this ("Why?", "And Biden?") is read as a follow-up."""
@@ -43,9 +54,106 @@ THAT_REFERS_AFTER = frozenset(
     "about after before of at in on for from with by during since like is was are were did does do".split()
 )
 
+FOCUS_DECAY = 0.8
+"""Each earlier turn counts this much less than the one after it when weighing the conversation's articles."""
+LOCATE_DEPTH = 20
+"""Chunks searched (BM25 on the turn's words) for the articles that hold a plain-text answer."""
+MAX_LOCATED_ARTICLES = 3
+"""A plain-text answer found in more articles than this ("yes", "two") says nothing about the focus."""
+MIN_LOCATED_CHARS = 2
+
 _WORD = re.compile(r"\w+(?:[.'’\-]\w+)*")
 _CITATION_MARK = re.compile(r"\[\d+\]")
 _SENTENCE_OPENING = re.compile(r"[.!?…:;“\"(\n]")
+_QUOTED_ANSWER = re.compile(r"“(.+?)” \[\d+\]")
+_TYPOGRAPHIC = str.maketrans({"‘": "'", "’": "'", "‚": "'", "“": '"', "”": '"', "„": '"', "′": "'", "″": '"'})
+_SPACE_RUN = re.compile(r"\s+")
+
+
+@dataclass(frozen=True)
+class EarlierTurn:
+    """A turn of the conversation: the question, the answer's text, and the (path, start, end) spans it cited."""
+
+    question: str
+    answer: str
+    cited: tuple[tuple[str, int, int], ...] = ()
+
+
+def normalize(text: str) -> str:
+    """Case-folded, typographic quotes made plain, white space folded: how answers are looked for in articles
+    (and how `qa eval` compares quotes with gold answers)."""
+    return _SPACE_RUN.sub(" ", text.translate(_TYPOGRAPHIC)).strip().casefold()
+
+
+def read_conversation(index: LoadedIndex, question: str, turns: Sequence[EarlierTurn]) -> tuple[str, Focus]:
+    """The text to search with and the conversation's focus: the articles its answers came from (the most recent
+    weighing most) and the sentences where the last answer stands.
+
+    An answer that cites spans (qa's own) is placed by its citations. A plain-text answer (a reader's, or qa's
+    text) is looked for in the articles that a BM25 search on its turn finds; one found in too many says nothing.
+    """
+    if not turns:
+        return question, Focus()
+    search_text = resolve_question(question, [(turn.question, turn.answer) for turn in turns])
+    weights: dict[int, float] = {}
+    anchors: tuple[int, ...] = ()
+    quoted: list[int] = []
+    for age, turn in enumerate(reversed(turns)):
+        rows = _cited_rows(index, turn) if turn.cited else _located_rows(index, turn)
+        if not rows:
+            continue
+        quoted += rows
+        anchors = anchors or tuple(rows)
+        articles = {int(index.sentence_article[row]) for row in rows}
+        for article in articles:
+            weights[article] = weights.get(article, 0.0) + FOCUS_DECAY**age / len(articles)
+    if not weights:
+        weights = dict.fromkeys(_searched_articles(index, " ".join(f"{t.question} {t.answer}" for t in turns)), 1.0)
+    top = max(weights.values(), default=1.0)
+    focus = Focus(
+        {article: weight / top for article, weight in weights.items()}, anchors, tuple(quoted), is_followup(question)
+    )
+    return search_text, focus
+
+
+def _searched_articles(index: LoadedIndex, text: str, depth: int = 1) -> set[int]:
+    """The articles of the `depth` chunks that best match `text` by BM25."""
+    scores = index.chunk_keywords.scores(tokenize([text])[0])
+    best = np.argsort(-scores)[:depth]
+    return {int(index.chunk_article[chunk]) for chunk in best if scores[chunk] > 0}
+
+
+@lru_cache(maxsize=200_000)
+def _word_key(text: str) -> str:
+    """The words of `text`, normalised and space-separated, with a space at each end, for whole-word matching."""
+    return f" {' '.join(_WORD.findall(normalize(text)))} "
+
+
+def _cited_rows(index: LoadedIndex, turn: EarlierTurn) -> list[int]:
+    """The sentence rows inside the spans a turn cited."""
+    rows = []
+    for path, start, end in turn.cited:
+        article = index.article_id(path)
+        if article is not None:
+            rows += [r for r in index.rows_of_article(article) if index.sentence_start[r] >= start and index.sentence_end[r] <= end]
+    return rows
+
+
+def _located_rows(index: LoadedIndex, turn: EarlierTurn) -> list[int]:
+    """The sentence rows that hold a plain-text answer, among the articles its turn's words lead to."""
+    pieces = [_word_key(piece) for piece in (_QUOTED_ANSWER.findall(turn.answer) or [turn.answer])]
+    pieces = [piece for piece in pieces if len(piece) >= MIN_LOCATED_CHARS + 2]
+    if not pieces:
+        return []
+    found: dict[int, list[int]] = {}
+    for article in _searched_articles(index, f"{turn.question} {turn.answer}", LOCATE_DEPTH):
+        for row in index.rows_of_article(article):
+            sentence = _word_key(index.sentence_text[row])
+            if any(piece in sentence or (len(sentence) > 20 and sentence in piece) for piece in pieces):
+                found.setdefault(article, []).append(row)
+    if len(found) > MAX_LOCATED_ARTICLES:
+        return []
+    return [row for rows in found.values() for row in rows]
 
 
 def resolve_question(question: str, history: Sequence[tuple[str, str]] | None) -> str:

@@ -6,8 +6,10 @@ import logging
 import re
 import sqlite3
 import threading
+from functools import lru_cache
 from contextlib import closing
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +34,34 @@ FIRST_STAGE_DEPTH = 50
 FUSED_CHUNKS = 30
 """Chunks, after reciprocal rank fusion, whose sentences are scored."""
 RRF_K = 60
-LENGTH_WEIGHT = 0.2
-FEATURE_WEIGHTS = np.array([1.0, 1.0, 0.5, 0.5], dtype=np.float32)
-"""Weights of the standardised sentence features: dense and BM25 score of the sentence, of its best chunk."""
-ANSWER_TYPE_WEIGHT = 0.6
-"""Bonus (in standard deviations) for a sentence holding the kind of thing asked for: a date for 'when', a number for 'how many'."""
+RANKER_FILE = Path(__file__).with_name("ranker.json")
+"""The sentence ranker's weights, trained by bench/train_ranker.py."""
+FEATURES = (
+    "sentence_dense_z",
+    "sentence_keyword_z",
+    "chunk_dense_z",
+    "chunk_keyword_z",
+    "own_keyword_z",
+    "sentence_dense",
+    "answer_type",
+    "person_answer",
+    "place_answer",
+    "length_z",
+    "lead",
+    "focus",
+    "focus_followup",
+    "at_anchor",
+    "near_anchor",
+    "after_anchor",
+    "quoted_before",
+)
+"""What the ranker sees of each candidate sentence. `_z` features are standardised over the candidates of one
+question; "focus" is the weight of the sentence's article in the conversation (0 to 1), "focus_followup" the same
+when the question leans on earlier turns; the anchor features say how close the sentence stands to where the last
+answer was found in its article; "own_keyword" scores the words of the question as asked, without the context a
+follow-up borrowed; "quoted_before" marks sentences an earlier answer held."""
+ANCHOR_REACH = 2.0
+"""Sentences this far from the last answer (in sentences) count as half near it."""
 
 _TIME_QUESTION = re.compile(
     r"\b(when|what (year|date|time|day|month|decade|century)|which (year|date|day|month|decade|century))\b", re.I
@@ -54,6 +79,13 @@ _HAS_NUMBER = re.compile(
     r"million|billion|dozen|half)\b",
     re.I,
 )
+
+
+_PERSON_QUESTION = re.compile(r"^\W*(who|whom|whose)\b|\b(what|which) (is|was) (his|her|the \w+'s) name\b", re.I)
+_HAS_PERSON = re.compile(r"(?<=[a-z,] )[A-Z][a-z]+(?: [A-Z][a-z]+)+")
+"""Two capitalised words in a row, after a lower-case word: a name within the sentence, not its opening."""
+_PLACE_QUESTION = re.compile(r"^\W*where\b|\b(what|which) (city|country|state|town|county|place|region|province)\b", re.I)
+_HAS_PLACE = re.compile(r"\b(in|at|from|near|to) (the )?[A-Z][a-z]+")
 
 
 def _query_tokens(question: str) -> list[str]:
@@ -79,6 +111,31 @@ class RankedSentence:
     """Cosine of the question with the best chunk holding the sentence."""
     keyword_coverage: float
     """Share of the question's BM25 weight found in the sentence's best chunk."""
+    article: int
+    """The id of the sentence's article."""
+
+
+@dataclass(frozen=True)
+class Focus:
+    """What a conversation has been about: its articles, weighted (1 = the most recent), and the sentence rows
+    where its last answer stands."""
+
+    articles: dict[int, float] = field(default_factory=dict)
+    anchors: tuple[int, ...] = ()
+    quoted: tuple[int, ...] = ()
+    """Every sentence row an earlier answer held."""
+    followup: bool = False
+    """Whether the question leans on the earlier turns (refers back, continues, or is too short to stand alone)."""
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """The sentences worth scoring for one question, with their features (rows x FEATURES)."""
+
+    rows: np.ndarray
+    features: np.ndarray
+    chunk_dense: np.ndarray
+    keyword_coverage: np.ndarray
 
 
 class LoadedIndex:
@@ -87,6 +144,7 @@ class LoadedIndex:
     def __init__(self, generation: Path):
         self.generation = generation
         self.manifest = read_manifest(generation)
+        self._article_ids: dict[str, int] | None = None
         try:
             self._load_tables(generation / DATABASE_FILE)
             rows = gather(
@@ -141,6 +199,8 @@ class LoadedIndex:
         for row, (article_id, position) in enumerate(zip(self.sentence_article, self.sentence_position)):
             if position == 0:
                 first_row[int(article_id)] = row
+        self.article_first_row = first_row
+        self.article_row_count = dict(zip(*np.unique(self.sentence_article, return_counts=True)))
         self.chunk_ids = np.array([row[0] for row in chunks], dtype=np.int64)
         self.chunk_article = np.array([row[1] for row in chunks], dtype=np.int64)
         self.chunk_first_row = np.array([first_row[a] + first for _, a, first, _ in chunks], dtype=np.int64)
@@ -149,6 +209,17 @@ class LoadedIndex:
     @property
     def articles_dir(self) -> Path:
         return Path(self.manifest["articles_dir"])
+
+    def rows_of_article(self, article_id: int) -> range:
+        """The sentence rows of an article, in reading order."""
+        first = self.article_first_row.get(article_id, 0)
+        return range(first, first + int(self.article_row_count.get(article_id, 0)))
+
+    def article_id(self, path: str) -> int | None:
+        """The id of the article stored at `path` (as a citation names it), or None."""
+        if self._article_ids is None:
+            self._article_ids = {str(self.articles_dir / a.path): i for i, a in self.articles.items()}
+        return self._article_ids.get(path)
 
     def article_of(self, row: int) -> ArticleRecord:
         return self.articles[int(self.sentence_article[row])]
@@ -159,8 +230,34 @@ class LoadedIndex:
 
         return get_embedder(self.manifest["model"], self.manifest["backend"]).encode_queries([text])[0]
 
-    def rank(self, question: str, query_vector: np.ndarray) -> list[RankedSentence]:
-        """Sentences from the best chunks, most relevant first."""
+    def rank(
+        self, question: str, query_vector: np.ndarray, focus: Focus | None = None, asked: str | None = None
+    ) -> list[RankedSentence]:
+        """Sentences from the best chunks (and from the conversation's articles), most relevant first."""
+        found = self.candidates(question, query_vector, focus, asked)
+        if not len(found.rows):
+            return []
+        scores = found.features @ ranker_weights()
+        order = np.argsort(-scores)
+        return [
+            RankedSentence(
+                row=int(found.rows[i]),
+                score=float(scores[i]),
+                dense=float(found.features[i, _SENTENCE_DENSE]),
+                chunk_dense=float(found.chunk_dense[i]),
+                keyword_coverage=float(found.keyword_coverage[i]),
+                article=int(self.sentence_article[found.rows[i]]),
+            )
+            for i in order
+        ]
+
+    def candidates(
+        self, question: str, query_vector: np.ndarray, focus: Focus | None = None, asked: str | None = None
+    ) -> Candidates:
+        """The sentences of the best chunks by fused dense and BM25 rank, and of the focus articles, with features.
+        `question` is the text searched with; `asked` the question as the reader typed it (default: the same)."""
+        focus = focus or Focus()
+        asked = question if asked is None else asked
         all_tokens = _query_tokens(question)
         tokens = [t for t in all_tokens if t in self.chunk_keywords]
         per_token = {t: self.chunk_keywords.term_scores(t) for t in set(tokens)}
@@ -173,7 +270,12 @@ class LoadedIndex:
             for rank, chunk in enumerate(ranking):
                 if chunk >= 0:
                     fused[int(chunk)] = fused.get(int(chunk), 0.0) + 1.0 / (RRF_K + rank + 1)
-        top_chunks = np.array(sorted(fused, key=fused.get, reverse=True)[:FUSED_CHUNKS], dtype=np.int64)
+        chosen = sorted(fused, key=fused.get, reverse=True)[:FUSED_CHUNKS]
+        if focus.articles:
+            chosen += [int(c) for c in np.flatnonzero(np.isin(self.chunk_article, list(focus.articles)))]
+        top_chunks = np.unique(np.array(chosen, dtype=np.int64))
+        if not len(top_chunks):
+            return Candidates(*(np.zeros(0, dtype=np.int64), np.zeros((0, len(FEATURES)), np.float32)), np.zeros(0), np.zeros(0))
         chunk_dense = self.chunk_vectors[top_chunks] @ query_vector
         chunk_coverage = self._coverage(all_tokens, per_token, top_chunks)
 
@@ -186,21 +288,58 @@ class LoadedIndex:
         context = np.array([candidate[r] for r in rows], dtype=np.float32).reshape(-1, 3)
         sentence_dense = self.sentence_vectors[rows] @ query_vector
         sentence_keyword = self.sentence_keywords.scores(tokens, rows)
-        features = np.stack([sentence_dense, sentence_keyword, context[:, 0], context[:, 1]])
-        scores = FEATURE_WEIGHTS @ np.apply_along_axis(_zscore, 1, features)
-        scores += ANSWER_TYPE_WEIGHT * _answer_type_match(question, [self.sentence_text[r] for r in rows])
-        scores -= LENGTH_WEIGHT * _zscore(np.log([len(self.sentence_text[r]) for r in rows]))
-        order = np.argsort(-scores)
-        return [
-            RankedSentence(
-                row=int(rows[i]),
-                score=float(scores[i]),
-                dense=float(sentence_dense[i]),
-                chunk_dense=float(context[i, 0]),
-                keyword_coverage=float(context[i, 2]),
-            )
-            for i in order
-        ]
+        texts = [self.sentence_text[r] for r in rows]
+        articles = self.sentence_article[rows]
+        positions = self.sentence_position[rows]
+        own_keyword = self.sentence_keywords.scores(_query_tokens(asked), rows)
+        article_focus = np.array([focus.articles.get(int(a), 0.0) for a in articles], dtype=np.float32)
+        at_anchor, near_anchor, after_anchor = self._anchor_features(rows, focus.anchors)
+        features = np.stack(
+            [
+                _zscore(sentence_dense),
+                _zscore(sentence_keyword),
+                _zscore(context[:, 0]),
+                _zscore(context[:, 1]),
+                _zscore(own_keyword),
+                sentence_dense,
+                _answer_type_match(asked, texts),
+                _cue_match(_PERSON_QUESTION, _HAS_PERSON, asked, texts),
+                _cue_match(_PLACE_QUESTION, _HAS_PLACE, asked, texts),
+                _zscore(np.log([len(text) for text in texts])),
+                1.0 / (1.0 + positions),
+                article_focus,
+                article_focus * focus.followup,
+                at_anchor,
+                near_anchor,
+                after_anchor,
+                np.isin(rows, focus.quoted),
+            ],
+            axis=1,
+        ).astype(np.float32)
+        return Candidates(rows, features, context[:, 0], context[:, 2])
+
+    def _anchor_features(self, rows: np.ndarray, anchors: tuple[int, ...]) -> tuple[np.ndarray, ...]:
+        """For each row: whether it is an anchor, how near the nearest anchor of its article, and whether it
+        follows one by up to ANCHOR_REACH sentences."""
+        at = np.zeros(len(rows), dtype=np.float32)
+        near = np.zeros(len(rows), dtype=np.float32)
+        after = np.zeros(len(rows), dtype=np.float32)
+        for anchor in anchors:
+            same = self.sentence_article[rows] == self.sentence_article[anchor]
+            distance = np.where(same, self.sentence_position[rows] - self.sentence_position[anchor], 10**6)
+            at = np.maximum(at, distance == 0)
+            near = np.maximum(near, np.exp2(-np.abs(distance) / ANCHOR_REACH))
+            after = np.maximum(after, (distance > 0) & (distance <= ANCHOR_REACH))
+        return at, near, after
+
+    def article_coverage(self, text: str, article_id: int) -> float:
+        """The share of `text`'s term weight (IDF) found in the article's best chunk; 1 when it has no terms."""
+        all_tokens = _query_tokens(text)
+        if not all_tokens:
+            return 1.0
+        per_token = {t: self.chunk_keywords.term_scores(t) for t in set(all_tokens) if t in self.chunk_keywords}
+        chunks = np.flatnonzero(self.chunk_article == article_id)
+        return float(self._coverage(all_tokens, per_token, chunks).max(initial=0.0))
 
     def _dense_rows(self, query_vector: np.ndarray, depth: int) -> np.ndarray:
         """Positions of the `depth` chunks nearest the query (-1 where an approximate search found fewer)."""
@@ -234,6 +373,25 @@ class LoadedIndex:
 def _zscore(values: np.ndarray) -> np.ndarray:
     spread = float(values.std())
     return (values - values.mean()) / spread if spread > 1e-9 else np.zeros_like(values)
+
+
+_SENTENCE_DENSE = FEATURES.index("sentence_dense")
+
+
+@lru_cache(maxsize=1)
+def ranker_weights() -> np.ndarray:
+    """The sentence ranker's weights, one per feature, from qa/ranker.json."""
+    stored = json.loads(RANKER_FILE.read_text(encoding="utf-8"))
+    if tuple(stored["features"]) != FEATURES:
+        raise RuntimeError(f"{RANKER_FILE} was trained on other features; run `python bench/train_ranker.py`")
+    return np.array(stored["weights"], dtype=np.float32)
+
+
+def _cue_match(question_cue: re.Pattern, answer_cue: re.Pattern, question: str, texts: list[str]) -> np.ndarray:
+    """1 for sentences holding `answer_cue` when the question matches `question_cue`, else 0."""
+    if not question_cue.search(question):
+        return np.zeros(len(texts), dtype=np.float32)
+    return np.array([1.0 if answer_cue.search(text) else 0.0 for text in texts], dtype=np.float32)
 
 
 def _answer_type_match(question: str, texts: list[str]) -> np.ndarray:

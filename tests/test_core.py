@@ -53,8 +53,8 @@ def test_answer_quotes_verbatim_with_exact_offsets(seeds_index):
 @pytest.mark.skipif(not DEV.exists(), reason="../shared/eval/dev.jsonl is not beside the repository")
 def test_dev_questions_all_hit_with_intact_citations(seeds_index):
     report = evaluate(load_questions(DEV), index_dir=seeds_index)
-    assert report.answerable_hits == report.answerable == 9
-    assert report.abstention_hits == report.unanswerable == 3
+    assert report.overall.answerable_hits == report.overall.answerable == 9
+    assert report.overall.abstention_hits == report.overall.unanswerable == 3
     assert report.citations > 0 and report.integrity == 1.0
 
 
@@ -65,7 +65,7 @@ def test_the_onnx_backend_answers_the_dev_set_and_is_remembered_by_the_index(tmp
     qa.build_index(SEEDS, index_dir, backend="onnx")
     assert qa.describe_index(index_dir).backend == "onnx"
     report = evaluate(load_questions(DEV), index_dir=index_dir)  # questions are encoded on onnx too, as the index says
-    assert report.answerable_hits == report.answerable and report.abstention_hits == report.unanswerable
+    assert report.overall.answerable_hits == report.overall.answerable and report.overall.abstention_hits == report.overall.unanswerable
     assert report.integrity == 1.0
     again = qa.build_index(SEEDS, index_dir, backend="torch")
     assert again.full_rebuild and qa.describe_index(index_dir).backend == "torch"
