@@ -6,9 +6,9 @@ questions asked of the seeds; dev questions asked of the SQuAD articles).
 
 Conversations: the 313 answerable CNN dev questions, each with its own history, on the 30 stories plus the 2,225
 BBC stories as distractors, against 300 SQuAD questions and the 12 dev questions asked on that index after the
-history of a random CNN conversation (nothing there answers them). Only questions whose best sentence stands in
-the conversation's own article are judged by the conversation rule (dense, and coverage of the question's own
-words in that article); the others by the single-question rule.
+history of a random CNN conversation (nothing there answers them). Questions whose best sentence stands in the
+conversation's own article are judged by the conversation rule (at least MIN_OWN_WORDS words of their own, dense,
+and coverage of those words in that article); the others by the single-question rule.
 
     .venv/bin/python bench/calibrate_abstention.py --news-index DIR   # DIR: an index of news/ and bbc/ (built if missing)
 """
@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from qa import build_index
-from qa.answers import ABSTAIN_COVERAGE, ABSTAIN_DENSE, FOCUS_TRUSTED, earlier_turn
+from qa.answers import ABSTAIN_COVERAGE, ABSTAIN_DENSE, FOCUS_TRUSTED, MIN_OWN_WORDS, earlier_turn
 from qa.evaluate import Question, load_questions
-from qa.followup import read_conversation
+from qa.followup import content_words, read_conversation
 from qa.retrieval import load_index
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -35,8 +35,8 @@ SEED = 0
 
 
 def top_features(questions: list[Question], index_dir: str, histories: list | None = None) -> np.ndarray:
-    """(n, 4) for each question's best sentence: chunk cosine, keyword coverage, focus weight of its article, and
-    the coverage of the question's own words in that article."""
+    """(n, 5) for each question's best sentence: chunk cosine, keyword coverage, focus weight of its article, the
+    coverage of the question's own words in that article, and how many words of its own the question has."""
     index = load_index(index_dir)
     rows = []
     for number, question in enumerate(questions):
@@ -48,7 +48,8 @@ def top_features(questions: list[Question], index_dir: str, histories: list | No
                 best.chunk_dense,
                 best.keyword_coverage,
                 focus.articles.get(best.article, 0.0),
-                index.article_coverage(question.question, best.article),
+                index.article_coverage(" ".join(content_words(question.question)), best.article),
+                len(content_words(question.question)),
             )
         )
     return np.array(rows)
@@ -89,12 +90,12 @@ def conversations(shared: Path, index_dir: str) -> None:
           f"conversation's article for {np.mean(positives[:, 2] >= FOCUS_TRUSTED):.0%} and "
           f"{np.mean(negatives[:, 2] >= FOCUS_TRUSTED):.0%}")
     print("in the conversation's article: dense<  own coverage<  false abstentions  abstentions on off-topic")
-    for dense in (0.10, 0.15, 0.20, 0.25, 0.30):
+    for dense in (0.20, 0.25, 0.30, 0.35, 0.40, 0.45):
         for coverage in (0.1, 0.2, 0.3, 0.4):
             rates = []
             for features in (positives, negatives):
                 in_focus = features[:, 2] >= FOCUS_TRUSTED
-                focused = (features[:, 0] < dense) & (features[:, 3] < coverage)
+                focused = (features[:, 4] >= MIN_OWN_WORDS) & (features[:, 0] < dense) & (features[:, 3] < coverage)
                 single = (features[:, 0] < ABSTAIN_DENSE) & (features[:, 1] < ABSTAIN_COVERAGE)
                 rates.append(np.mean(np.where(in_focus, focused, single)))
             print(f"{'':30s}{dense:6.2f}  {coverage:13.2f}  {rates[0]:17.1%}  {rates[1]:24.1%}")

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import config
-from .followup import EarlierTurn, read_conversation
+from .followup import EarlierTurn, content_words, read_conversation
 from .retrieval import Focus, LoadedIndex, RankedSentence, load_index
 
 logger = logging.getLogger(__name__)
@@ -21,9 +21,11 @@ ABSTAIN_COVERAGE = 0.40
 """... unless the best chunk also holds at least this share of the question's keyword weight (see README)."""
 FOCUS_TRUSTED = 0.5
 """An article weighing at least this much in the conversation's focus is the one the conversation is about."""
-ABSTAIN_FOCUS_DENSE = 0.20
+ABSTAIN_FOCUS_DENSE = 0.30
 ABSTAIN_FOCUS_COVERAGE = 0.20
-"""In that article, abstain only below this cosine and this share of the question's own keyword weight."""
+"""In that article, abstain only below this cosine and this share of the question's own words' weight (IDF) ..."""
+MIN_OWN_WORDS = 2
+"""... and only when the question has at least this many words of its own (see followup.content_words)."""
 NEAR_DUPLICATE_COSINE = 0.95
 QUOTE_SCORE_MARGIN = 6.0
 """A further quote is added only while its ranker score (log-odds) is within this margin of the best."""
@@ -110,10 +112,18 @@ def earlier_turn(question: str, reply: str | Answer) -> EarlierTurn:
 
 
 def _off_topic(index: LoadedIndex, question: str, best: RankedSentence, focus: Focus) -> bool:
-    """True when even the best evidence is neither close in meaning nor in wording to the question. In the article
-    a conversation is about, only the question's own words count, and the bar is lower: "Why?" asks about it."""
+    """True when even the best evidence is neither close in meaning nor in wording to the question.
+
+    When the best sentence stands in the article the conversation is about, a question with almost no words of its
+    own ("Why?", "What was it called?") asks about that article and is answered; one with words of its own is
+    refused only when that article holds few of them and the best chunk is far in meaning."""
     if focus.articles.get(best.article, 0.0) >= FOCUS_TRUSTED:
-        return best.chunk_dense < ABSTAIN_FOCUS_DENSE and index.article_coverage(question, best.article) < ABSTAIN_FOCUS_COVERAGE
+        own_words = content_words(question)
+        return (
+            len(own_words) >= MIN_OWN_WORDS
+            and best.chunk_dense < ABSTAIN_FOCUS_DENSE
+            and index.article_coverage(" ".join(own_words), best.article) < ABSTAIN_FOCUS_COVERAGE
+        )
     return best.chunk_dense < ABSTAIN_DENSE and best.keyword_coverage < ABSTAIN_COVERAGE
 
 

@@ -55,19 +55,16 @@ class Tally:
             self.unanswerable += 1
             self.abstention_hits += hit
 
-    def lines(self, name: str) -> list[str]:
-        lines = [
-            f"{name}answerable hits      {self.answerable_hits}/{self.answerable} ({_percent(self.answerable_hits, self.answerable)})",
-        ]
+    def lines(self, prefix: str) -> list[str]:
+        """The report's lines for this group, each label preceded by `prefix`."""
+        counts = [("answerable hits", self.answerable_hits, self.answerable)]
         if self.with_story:
-            lines.append(
-                f"{name}right article        {self.right_article}/{self.with_story} ({_percent(self.right_article, self.with_story)})"
-            )
-        lines += [
-            f"{name}false abstentions    {self.false_abstentions}/{self.answerable} ({_percent(self.false_abstentions, self.answerable)})",
-            f"{name}abstentions          {self.abstention_hits}/{self.unanswerable} ({_percent(self.abstention_hits, self.unanswerable)})",
+            counts.append(("right article", self.right_article, self.with_story))
+        counts += [
+            ("false abstentions", self.false_abstentions, self.answerable),
+            ("abstentions", self.abstention_hits, self.unanswerable),
         ]
-        return lines
+        return [f"{prefix}{label:21s}{part}/{whole} ({_percent(part, whole)})" for label, part, whole in counts]
 
 
 @dataclass

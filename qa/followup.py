@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .keywords import tokenize
+from .keywords import query_terms
 from .retrieval import Focus
 
 if TYPE_CHECKING:
@@ -56,15 +56,19 @@ THAT_REFERS_AFTER = frozenset(
 
 FOCUS_DECAY = 0.8
 """Each earlier turn counts this much less than the one after it when weighing the conversation's articles."""
+CONVERSATION_SEARCH_WEIGHT = 0.5
+"""The weight, in the focus, of the article that all the conversation's questions together match best (BM25)."""
 LOCATE_DEPTH = 20
 """Chunks searched (BM25 on the turn's words) for the articles that hold a plain-text answer."""
 MAX_LOCATED_ARTICLES = 3
 """A plain-text answer found in more articles than this ("yes", "two") says nothing about the focus."""
 MIN_LOCATED_CHARS = 2
+"""A plain-text answer shorter than this is not looked for."""
 
 _WORD = re.compile(r"\w+(?:[.'’\-]\w+)*")
 _CITATION_MARK = re.compile(r"\[\d+\]")
 _SENTENCE_OPENING = re.compile(r"[.!?…:;“\"(\n]")
+_CONTRACTION = re.compile(r"['’](s|re|ve|ll|d|m)$")
 _QUOTED_ANSWER = re.compile(r"“(.+?)” \[\d+\]")
 _TYPOGRAPHIC = str.maketrans({"‘": "'", "’": "'", "‚": "'", "“": '"', "”": '"', "„": '"', "′": "'", "″": '"'})
 _SPACE_RUN = re.compile(r"\s+")
@@ -89,37 +93,36 @@ def read_conversation(index: LoadedIndex, question: str, turns: Sequence[Earlier
     """The text to search with and the conversation's focus: the articles its answers came from (the most recent
     weighing most) and the sentences where the last answer stands.
 
-    An answer that cites spans (qa's own) is placed by its citations. A plain-text answer (a reader's, or qa's
-    text) is looked for in the articles that a BM25 search on its turn finds; one found in too many says nothing.
+    An answer that cites spans (qa's own) is placed by its citations, the first weighing most. A plain-text answer
+    (a reader's, or qa's text) is looked for in the articles that a BM25 search on its turn finds; one found in too
+    many says nothing. The article that all the conversation's questions together match best is added too, so a
+    conversation whose answers cannot be placed still has a focus.
     """
     if not turns:
         return question, Focus()
     search_text = resolve_question(question, [(turn.question, turn.answer) for turn in turns])
     weights: dict[int, float] = {}
     anchors: tuple[int, ...] = ()
-    quoted: list[int] = []
     for age, turn in enumerate(reversed(turns)):
         rows = _cited_rows(index, turn) if turn.cited else _located_rows(index, turn)
         if not rows:
             continue
-        quoted += rows
         anchors = anchors or tuple(rows)
-        articles = {int(index.sentence_article[row]) for row in rows}
-        for article in articles:
-            weights[article] = weights.get(article, 0.0) + FOCUS_DECAY**age / len(articles)
-    if not weights:
-        weights = dict.fromkeys(_searched_articles(index, " ".join(f"{t.question} {t.answer}" for t in turns)), 1.0)
+        articles = list(dict.fromkeys(int(index.sentence_article[row]) for row in rows))
+        shares = np.array([1.0 / (rank + 1) if turn.cited else 1.0 for rank in range(len(articles))])
+        for article, share in zip(articles, shares / shares.sum()):
+            weights[article] = weights.get(article, 0.0) + FOCUS_DECAY**age * share
+    for article in _searched_articles(index, " ".join([*(t.question for t in turns), question])):
+        weights[article] = weights.get(article, 0.0) + CONVERSATION_SEARCH_WEIGHT
     top = max(weights.values(), default=1.0)
-    focus = Focus(
-        {article: weight / top for article, weight in weights.items()}, anchors, tuple(quoted), is_followup(question)
-    )
-    return search_text, focus
+    focus = {article: weight / top for article, weight in weights.items()}
+    return search_text, Focus(focus, anchors, is_followup(question))
 
 
 def _searched_articles(index: LoadedIndex, text: str, depth: int = 1) -> set[int]:
     """The articles of the `depth` chunks that best match `text` by BM25."""
-    scores = index.chunk_keywords.scores(tokenize([text])[0])
-    best = np.argsort(-scores)[:depth]
+    scores = index.chunk_keywords.scores(query_terms(text))
+    best = np.argpartition(-scores, depth - 1)[:depth] if len(scores) > depth else np.arange(len(scores))
     return {int(index.chunk_article[chunk]) for chunk in best if scores[chunk] > 0}
 
 
@@ -129,13 +132,23 @@ def _word_key(text: str) -> str:
     return f" {' '.join(_WORD.findall(normalize(text)))} "
 
 
+@lru_cache(maxsize=10_000)
+def _joined_key(sentences: tuple[str, ...]) -> str:
+    """The word keys of an article's sentences as one string, for a quick test before looking sentence by sentence."""
+    return f" {' '.join(_word_key(sentence).strip() for sentence in sentences)} "
+
+
 def _cited_rows(index: LoadedIndex, turn: EarlierTurn) -> list[int]:
     """The sentence rows inside the spans a turn cited."""
     rows = []
     for path, start, end in turn.cited:
         article = index.article_id(path)
         if article is not None:
-            rows += [r for r in index.rows_of_article(article) if index.sentence_start[r] >= start and index.sentence_end[r] <= end]
+            rows += [
+                row
+                for row in index.rows_of_article(article)
+                if index.sentence_start[row] >= start and index.sentence_end[row] <= end
+            ]
     return rows
 
 
@@ -147,7 +160,11 @@ def _located_rows(index: LoadedIndex, turn: EarlierTurn) -> list[int]:
         return []
     found: dict[int, list[int]] = {}
     for article in _searched_articles(index, f"{turn.question} {turn.answer}", LOCATE_DEPTH):
-        for row in index.rows_of_article(article):
+        rows = index.rows_of_article(article)
+        article_key = _joined_key(tuple(index.sentence_text[row] for row in rows))
+        if not any(piece in article_key for piece in pieces):
+            continue
+        for row in rows:
             sentence = _word_key(index.sentence_text[row])
             if any(piece in sentence or (len(sentence) > 20 and sentence in piece) for piece in pieces):
                 found.setdefault(article, []).append(row)
@@ -181,7 +198,7 @@ def resolve_question(question: str, history: Sequence[tuple[str, str]] | None) -
 def is_followup(question: str) -> bool:
     """Whether `question` leans on an earlier turn: it refers back, continues, or has almost no words of its own."""
     words = _words(question)
-    lowered = [word.lower() for word in words]
+    lowered = [_base(word) for word in words]
     if not lowered:
         return False
     text = " ".join(lowered)
@@ -194,7 +211,7 @@ def is_followup(question: str) -> bool:
 
 def content_words(text: str) -> list[str]:
     """The words of `text` that carry meaning: not stopwords, not pronouns."""
-    return [word for word in _words(text) if word.lower() not in STOPWORDS and word.lower() not in REFERRING_PRONOUNS]
+    return [word for word in _words(text) if _base(word) not in STOPWORDS and _base(word) not in REFERRING_PRONOUNS]
 
 
 def key_terms(question: str) -> list[str]:
@@ -251,8 +268,13 @@ def _refers_back(words: list[str], i: int) -> bool:
     return False
 
 
+def _base(word: str) -> str:
+    """A word lower-cased without a contraction's tail: "It's" and "what’s" read as "it" and "what"."""
+    return _CONTRACTION.sub("", word.lower())
+
+
 def _asks_about_person(question: str) -> bool:
-    return any(word.lower() in PERSON_PRONOUNS for word in _words(question))
+    return any(_base(word) in PERSON_PRONOUNS for word in _words(question))
 
 
 def _new_terms(terms: list[str], question: str) -> list[str]:

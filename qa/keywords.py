@@ -29,6 +29,12 @@ def tokenize(texts: list[str]) -> list[list[str]]:
     return bm25s.tokenize(texts, stopwords="en", stemmer=_stemmer(), return_ids=False, show_progress=False)
 
 
+@lru_cache(maxsize=10_000)
+def query_terms(text: str) -> tuple[str, ...]:
+    """The BM25 terms of one question or answer, remembered: conversations ask about the same turns again."""
+    return tuple(tokenize([text])[0])
+
+
 @dataclass
 class TermCounts:
     """How often each term occurs in each of a set of texts: a (texts x terms) sparse matrix and its terms."""
@@ -96,8 +102,10 @@ class KeywordIndex:
 
     def scores(self, terms: list[str], rows: np.ndarray | None = None) -> np.ndarray:
         """Summed BM25 scores of the known `terms` (repeats count again), for all rows or for `rows` only."""
-        known = [self.columns[t] for t in terms if t in self.columns]
-        selected = self.weights if rows is None else self.weights[rows]
-        if not known:
-            return np.zeros(selected.shape[0], dtype=np.float32)
-        return np.asarray(selected[:, known].sum(axis=1), dtype=np.float32).ravel()
+        total = np.zeros(self.n_rows, dtype=np.float32)
+        for term in terms:
+            column = self.columns.get(term)
+            if column is not None:
+                start, end = self.weights.indptr[column], self.weights.indptr[column + 1]
+                total[self.weights.indices[start:end]] += self.weights.data[start:end]
+        return total if rows is None else total[rows]

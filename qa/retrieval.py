@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sqlite3
 import threading
-from functools import lru_cache
+from collections.abc import Sequence
 from contextlib import closing
-import json
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from .index import (
     current_generation,
     read_manifest,
 )
-from .keywords import KeywordIndex, tokenize
+from .keywords import KeywordIndex, query_terms
 from .segments import SegmentError, gather
 
 logger = logging.getLogger(__name__)
@@ -34,6 +35,9 @@ FIRST_STAGE_DEPTH = 50
 FUSED_CHUNKS = 30
 """Chunks, after reciprocal rank fusion, whose sentences are scored."""
 RRF_K = 60
+SEARCH_THREADS = 1
+"""FAISS threads: one question's search is fastest on one thread, where OpenMP's wake-ups cost more than they save
+and contend with the model's threads (2.8 ms against 0.7 ms a search of 13,436 chunks beside the model)."""
 RANKER_FILE = Path(__file__).with_name("ranker.json")
 """The sentence ranker's weights, trained by bench/train_ranker.py."""
 FEATURES = (
@@ -53,13 +57,12 @@ FEATURES = (
     "at_anchor",
     "near_anchor",
     "after_anchor",
-    "quoted_before",
 )
 """What the ranker sees of each candidate sentence. `_z` features are standardised over the candidates of one
 question; "focus" is the weight of the sentence's article in the conversation (0 to 1), "focus_followup" the same
 when the question leans on earlier turns; the anchor features say how close the sentence stands to where the last
 answer was found in its article; "own_keyword" scores the words of the question as asked, without the context a
-follow-up borrowed; "quoted_before" marks sentences an earlier answer held."""
+follow-up borrowed."""
 ANCHOR_REACH = 2.0
 """Sentences this far from the last answer (in sentences) count as half near it."""
 
@@ -86,10 +89,6 @@ _HAS_PERSON = re.compile(r"(?<=[a-z,] )[A-Z][a-z]+(?: [A-Z][a-z]+)+")
 """Two capitalised words in a row, after a lower-case word: a name within the sentence, not its opening."""
 _PLACE_QUESTION = re.compile(r"^\W*where\b|\b(what|which) (city|country|state|town|county|place|region|province)\b", re.I)
 _HAS_PLACE = re.compile(r"\b(in|at|from|near|to) (the )?[A-Z][a-z]+")
-
-
-def _query_tokens(question: str) -> list[str]:
-    return tokenize([question])[0]
 
 
 @dataclass(frozen=True)
@@ -122,8 +121,6 @@ class Focus:
 
     articles: dict[int, float] = field(default_factory=dict)
     anchors: tuple[int, ...] = ()
-    quoted: tuple[int, ...] = ()
-    """Every sentence row an earlier answer held."""
     followup: bool = False
     """Whether the question leans on the earlier turns (refers back, continues, or is too short to stand alone)."""
 
@@ -167,6 +164,7 @@ class LoadedIndex:
         """Exact inner-product search over the chunk vectors, or the generation's IVF index when it has one."""
         import faiss
 
+        faiss.omp_set_num_threads(SEARCH_THREADS)
         approximate = self.manifest.get("approximate")
         if approximate is None:
             search = faiss.IndexFlatIP(self.chunk_vectors.shape[1])
@@ -258,7 +256,7 @@ class LoadedIndex:
         `question` is the text searched with; `asked` the question as the reader typed it (default: the same)."""
         focus = focus or Focus()
         asked = question if asked is None else asked
-        all_tokens = _query_tokens(question)
+        all_tokens = query_terms(question)
         tokens = [t for t in all_tokens if t in self.chunk_keywords]
         per_token = {t: self.chunk_keywords.term_scores(t) for t in set(tokens)}
         chunk_keyword = sum((per_token[t] for t in tokens), np.zeros(len(self.chunk_ids), dtype=np.float32))
@@ -275,7 +273,8 @@ class LoadedIndex:
             chosen += [int(c) for c in np.flatnonzero(np.isin(self.chunk_article, list(focus.articles)))]
         top_chunks = np.unique(np.array(chosen, dtype=np.int64))
         if not len(top_chunks):
-            return Candidates(*(np.zeros(0, dtype=np.int64), np.zeros((0, len(FEATURES)), np.float32)), np.zeros(0), np.zeros(0))
+            nothing = np.zeros(0, dtype=np.float32)
+            return Candidates(np.zeros(0, dtype=np.int64), np.zeros((0, len(FEATURES)), np.float32), nothing, nothing)
         chunk_dense = self.chunk_vectors[top_chunks] @ query_vector
         chunk_coverage = self._coverage(all_tokens, per_token, top_chunks)
 
@@ -291,7 +290,7 @@ class LoadedIndex:
         texts = [self.sentence_text[r] for r in rows]
         articles = self.sentence_article[rows]
         positions = self.sentence_position[rows]
-        own_keyword = self.sentence_keywords.scores(_query_tokens(asked), rows)
+        own_keyword = self.sentence_keywords.scores(query_terms(asked), rows)
         article_focus = np.array([focus.articles.get(int(a), 0.0) for a in articles], dtype=np.float32)
         at_anchor, near_anchor, after_anchor = self._anchor_features(rows, focus.anchors)
         features = np.stack(
@@ -312,7 +311,6 @@ class LoadedIndex:
                 at_anchor,
                 near_anchor,
                 after_anchor,
-                np.isin(rows, focus.quoted),
             ],
             axis=1,
         ).astype(np.float32)
@@ -334,7 +332,7 @@ class LoadedIndex:
 
     def article_coverage(self, text: str, article_id: int) -> float:
         """The share of `text`'s term weight (IDF) found in the article's best chunk; 1 when it has no terms."""
-        all_tokens = _query_tokens(text)
+        all_tokens = query_terms(text)
         if not all_tokens:
             return 1.0
         per_token = {t: self.chunk_keywords.term_scores(t) for t in set(all_tokens) if t in self.chunk_keywords}
@@ -349,7 +347,7 @@ class LoadedIndex:
         rows = np.searchsorted(self.chunk_ids, found[0])
         return np.where(found[0] >= 0, rows, -1)
 
-    def _coverage(self, all_tokens: list[str], per_token: dict[str, np.ndarray], chunks: np.ndarray) -> np.ndarray:
+    def _coverage(self, all_tokens: Sequence[str], per_token: dict[str, np.ndarray], chunks: np.ndarray) -> np.ndarray:
         """For each chunk, the share of the question's term weight (IDF) that it contains; a term found
         nowhere in the articles weighs as much as the rarest term there."""
         n_chunks = len(self.chunk_ids)
