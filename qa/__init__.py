@@ -1,6 +1,6 @@
 """qa: answers to questions about a folder of news articles, made of verbatim quotes cited to their place."""
 
-from .answers import Answer, Citation, answer
+from .answers import Answer, Citation, Turn, answer
 from .articles import SkippedFile
 from .index import IndexedArticle, IndexReport, IndexSummary, build_index, describe_index
 
@@ -11,6 +11,7 @@ __all__ = [
     "IndexSummary",
     "IndexedArticle",
     "SkippedFile",
+    "Turn",
     "answer",
     "build_index",
     "describe_index",

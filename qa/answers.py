@@ -86,14 +86,16 @@ def answer(
 ) -> Answer:
     """Answer `question` from the articles in the index, with up to `top_k` cited quotes.
 
-    `history` holds the earlier turns of a conversation as (question, answer text) pairs, oldest
-    first; a follow-up such as "And who attended it?" is read in their light.
+    `history` holds the earlier turns of a conversation as (question, answer) pairs, oldest first, where the
+    answer is qa's own `Answer` or plain text (a reader's short reply will do). A follow-up such as "And who
+    attended it?" is read in their light, and the search stays on the articles the conversation has been about
+    unless the question clearly changes subject.
     """
     question = validate_question(question)
     if not 1 <= top_k <= 10:
         raise ValueError(f"top_k must be between 1 and 10, not {top_k}")
     index = load_index(index_dir)
-    search_text, focus = read_conversation(index, question, [earlier_turn(q, a) for q, a in history or []])
+    search_text, focus = read_conversation(index, question, [earlier_turn(*_pair(turn)) for turn in history or []])
     query_vector = index.encode_query(search_text)
     ranked = index.rank(search_text, query_vector, focus, question)
     if not ranked or _off_topic(index, question, ranked[0], focus):
@@ -102,6 +104,13 @@ def answer(
     if not citations:
         return Answer(question=question, text=ABSTAIN_TEXT, abstained=True)
     return Answer(question=question, text=_compose(citations), citations=citations)
+
+
+def _pair(turn: Turn) -> Turn:
+    """The turn, checked to be a (question, answer) pair; raises ValueError saying what is wrong."""
+    if not isinstance(turn, (tuple, list)) or len(turn) != 2 or not isinstance(turn[0], str):
+        raise ValueError(f"each history turn must be a (question, answer) pair, not {turn!r:.80}")
+    return turn[0], turn[1]
 
 
 def earlier_turn(question: str, reply: str | Answer) -> EarlierTurn:

@@ -150,3 +150,11 @@ def test_unrelated_question_after_a_conversation_still_abstains(seed_index: str)
     first = answer(LIMA_QUESTION, index_dir=seed_index)
     result = answer("What is the population of Tokyo?", index_dir=seed_index, history=[(LIMA_QUESTION, first.text)])
     assert result.abstained and not result.citations
+
+
+@pytest.mark.parametrize("history", [["just text"], [("question", "answer", "extra")], [(None, "answer")]])
+def test_malformed_history_is_refused_with_a_message(seed_index: str, history: list) -> None:
+    from qa import answer
+
+    with pytest.raises(ValueError, match="history turn must be a .question, answer. pair"):
+        answer("Why?", index_dir=seed_index, history=history)
