@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from qa import build_index
-from qa.answers import ABSTAIN_COVERAGE, ABSTAIN_DENSE, FOCUS_TRUSTED, MIN_OWN_WORDS, earlier_turn
+from qa.answers import ABSTAIN_COVERAGE, ABSTAIN_DENSE, FOCUS_TRUSTED, MIN_OWN_WORDS, read_question
 from qa.evaluate import Question, load_questions
-from qa.followup import content_words, read_conversation
+from qa.followup import content_words
 from qa.retrieval import load_index
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -41,8 +41,8 @@ def top_features(questions: list[Question], index_dir: str, histories: list | No
     rows = []
     for number, question in enumerate(questions):
         history = histories[number] if histories else question.history
-        search_text, focus = read_conversation(index, question.question, [earlier_turn(q, a) for q, a in history])
-        best = index.rank(search_text, index.encode_query(search_text), focus, question.question)[0]
+        search_text, vector, focus = read_question(index, question.question, history)
+        best = index.rank(search_text, vector, focus, question.question)[0]
         rows.append(
             (
                 best.chunk_dense,

@@ -28,9 +28,9 @@ from scipy.optimize import minimize
 from sklearn.model_selection import GroupKFold
 
 from qa import build_index
-from qa.answers import earlier_turn
+from qa.answers import read_question
 from qa.evaluate import Question, load_questions
-from qa.followup import normalize, read_conversation
+from qa.followup import normalize
 from qa.retrieval import FEATURES, RANKER_FILE, load_index
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,10 +73,8 @@ def examples(index_dir: str, dataset: str, questions: list[Question], folder: st
     index = load_index(index_dir)
     found = []
     for question, group in zip(questions, groups):
-        search_text, focus = read_conversation(
-            index, question.question, [earlier_turn(q, a) for q, a in question.history]
-        )
-        candidates = index.candidates(search_text, index.encode_query(search_text), focus, question.question)
+        search_text, vector, focus = read_question(index, question.question, question.history)
+        candidates = index.candidates(search_text, vector, focus, question.question)
         alternatives = [normalize(a) for group_ in question.gold for a in group_]
         labels = np.zeros(len(candidates.rows), dtype=np.int8)
         for i, row in enumerate(candidates.rows):

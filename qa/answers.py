@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from . import config
 from .followup import EarlierTurn, content_words, read_conversation
 from .retrieval import Focus, LoadedIndex, RankedSentence, load_index
@@ -95,8 +97,7 @@ def answer(
     if not 1 <= top_k <= 10:
         raise ValueError(f"top_k must be between 1 and 10, not {top_k}")
     index = load_index(index_dir)
-    search_text, focus = read_conversation(index, question, [earlier_turn(*_pair(turn)) for turn in history or []])
-    query_vector = index.encode_query(search_text)
+    search_text, query_vector, focus = read_question(index, question, history)
     ranked = index.rank(search_text, query_vector, focus, question)
     if not ranked or _off_topic(index, question, ranked[0], focus):
         return Answer(question=question, text=ABSTAIN_TEXT, abstained=True)
@@ -106,6 +107,14 @@ def answer(
     return Answer(question=question, text=_compose(citations), citations=citations)
 
 
+def read_question(
+    index: LoadedIndex, question: str, history: Sequence[Turn] | None
+) -> tuple[str, np.ndarray, Focus]:
+    """What a question is searched with in its conversation: the text, its vector, and the conversation's focus."""
+    search_text, focus = read_conversation(index, question, [_earlier_turn(*_pair(turn)) for turn in history or []])
+    return search_text, index.encode_query(search_text), focus
+
+
 def _pair(turn: Turn) -> Turn:
     """The turn, checked to be a (question, answer) pair; raises ValueError saying what is wrong."""
     if not isinstance(turn, (tuple, list)) or len(turn) != 2 or not isinstance(turn[0], str):
@@ -113,7 +122,7 @@ def _pair(turn: Turn) -> Turn:
     return turn[0], turn[1]
 
 
-def earlier_turn(question: str, reply: str | Answer) -> EarlierTurn:
+def _earlier_turn(question: str, reply: str | Answer) -> EarlierTurn:
     """A conversation turn as follow-up reading takes it: qa's own answers keep the spans they cited."""
     if isinstance(reply, Answer):
         return EarlierTurn(question, reply.text, tuple((c.path, c.start, c.end) for c in reply.citations))

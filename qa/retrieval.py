@@ -104,8 +104,6 @@ class RankedSentence:
 
     row: int
     score: float
-    dense: float
-    """Cosine of the question with the sentence read in its chunk."""
     chunk_dense: float
     """Cosine of the question with the best chunk holding the sentence."""
     keyword_coverage: float
@@ -241,7 +239,6 @@ class LoadedIndex:
             RankedSentence(
                 row=int(found.rows[i]),
                 score=float(scores[i]),
-                dense=float(found.features[i, _SENTENCE_DENSE]),
                 chunk_dense=float(found.chunk_dense[i]),
                 keyword_coverage=float(found.keyword_coverage[i]),
                 article=int(self.sentence_article[found.rows[i]]),
@@ -290,7 +287,7 @@ class LoadedIndex:
         texts = [self.sentence_text[r] for r in rows]
         articles = self.sentence_article[rows]
         positions = self.sentence_position[rows]
-        own_keyword = self.sentence_keywords.scores(query_terms(asked), rows)
+        own_keyword = sentence_keyword if asked == question else self.sentence_keywords.scores(query_terms(asked), rows)
         article_focus = np.array([focus.articles.get(int(a), 0.0) for a in articles], dtype=np.float32)
         at_anchor, near_anchor, after_anchor = self._anchor_features(rows, focus.anchors)
         features = np.stack(
@@ -373,9 +370,6 @@ def _zscore(values: np.ndarray) -> np.ndarray:
     return (values - values.mean()) / spread if spread > 1e-9 else np.zeros_like(values)
 
 
-_SENTENCE_DENSE = FEATURES.index("sentence_dense")
-
-
 @lru_cache(maxsize=1)
 def ranker_weights() -> np.ndarray:
     """The sentence ranker's weights, one per feature, from qa/ranker.json."""
@@ -395,12 +389,8 @@ def _cue_match(question_cue: re.Pattern, answer_cue: re.Pattern, question: str, 
 def _answer_type_match(question: str, texts: list[str]) -> np.ndarray:
     """1 for sentences holding a date when the question asks 'when', or a number when it asks 'how many'."""
     if _TIME_QUESTION.search(question):
-        cue = _HAS_TIME
-    elif _NUMBER_QUESTION.search(question):
-        cue = _HAS_NUMBER
-    else:
-        return np.zeros(len(texts), dtype=np.float32)
-    return np.array([1.0 if cue.search(text) else 0.0 for text in texts], dtype=np.float32)
+        return _cue_match(_TIME_QUESTION, _HAS_TIME, question, texts)
+    return _cue_match(_NUMBER_QUESTION, _HAS_NUMBER, question, texts)
 
 
 _cache_lock = threading.Lock()
