@@ -34,7 +34,7 @@ import numpy as np
 import qa
 from qa.embeddings import get_embedder
 from qa.evaluate import Question, evaluate, load_questions
-from qa.index import DATABASE_FILE, current_generation
+from qa.store.embedded import DATABASE_FILE, current_generation
 
 ROOT = Path(__file__).resolve().parents[1]
 DEV = ROOT.parent / "shared" / "eval" / "dev.jsonl"
@@ -48,15 +48,17 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.array(values), q))
 
 
-def title_questions(index_dir: str, count: int = TITLE_QUESTIONS) -> list[str]:
-    with closing(sqlite3.connect(current_generation(index_dir) / DATABASE_FILE)) as db:
-        titles = [title for (title,) in db.execute("SELECT title FROM articles ORDER BY path")]
+def title_questions(store: str, count: int = TITLE_QUESTIONS) -> list[str]:
+    """Questions naming the titles of `count` of the store's articles, spread over them (a folder or a Milvus store)."""
+    titles = [article.title for article in qa.describe_index(store=store).articles]
     return [f"What happened in the story “{title}”?" for title in titles[:: max(1, len(titles) // count)][:count]]
 
 
-def latency(questions: list[str], index_dir: str, rounds: int) -> tuple[list[float], list[float]]:
+def latency(questions: list[str], store: str, rounds: int) -> tuple[list[float], list[float]]:
+    """`answer()` times and bare query-encoding times of each question, asked `rounds` times (store: a folder or a
+    Milvus location)."""
     embedder = get_embedder()
-    qa.answer(questions[0], index_dir=index_dir)
+    qa.answer(questions[0], store=store)
     answer_ms, encode_ms = [], []
     for _ in range(rounds):
         for question in questions:
@@ -64,7 +66,7 @@ def latency(questions: list[str], index_dir: str, rounds: int) -> tuple[list[flo
             embedder.encode_queries([question])
             encode_ms.append((time.perf_counter() - started) * 1000)
             started = time.perf_counter()
-            qa.answer(question, index_dir=index_dir)
+            qa.answer(question, store=store)
             answer_ms.append((time.perf_counter() - started) * 1000)
     return answer_ms, encode_ms
 

@@ -74,7 +74,7 @@ def worker(articles: str, label: str, profile: str | None) -> dict:
     logging.disable(logging.WARNING)
     import qa
     from qa.embeddings import get_embedder
-    from qa.index import DATABASE_FILE, current_generation
+    from qa.store.embedded import DATABASE_FILE, current_generation
 
     embedder = get_embedder()
     embedder.encode_chunks(["warm up the model"], [[(0, 4)]])

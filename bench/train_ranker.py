@@ -76,13 +76,13 @@ def examples(index_dir: str, dataset: str, questions: list[Question], folder: st
         search_text, vector, focus = read_question(index, question.question, question.history)
         candidates = index.candidates(search_text, vector, focus, question.question)
         alternatives = [normalize(a) for group_ in question.gold for a in group_]
-        labels = np.zeros(len(candidates.rows), dtype=np.int8)
-        for i, row in enumerate(candidates.rows):
-            path = index.article_of(int(row)).path
+        sentences = candidates.sentences
+        labels = np.zeros(len(sentences), dtype=np.int8)
+        for i, (article, text) in enumerate(zip(sentences.article, sentences.text)):
+            path = index.reader.article(int(article)).path
             if not path.startswith(folder + "/") or (question.story and Path(path).name != question.story):
                 continue
-            text = normalize(index.sentence_text[int(row)])
-            labels[i] = any(alternative in text for alternative in alternatives)
+            labels[i] = any(alternative in normalize(text) for alternative in alternatives)
         found.append(Example(candidates.features, labels, group, dataset))
     return found
 

@@ -83,6 +83,7 @@ def answer(
     question: str,
     *,
     index_dir: str | None = None,
+    store: str | None = None,
     top_k: int = config.MAX_QUOTES,
     history: Sequence[Turn] | None = None,
 ) -> Answer:
@@ -92,16 +93,19 @@ def answer(
     answer is qa's own `Answer` or plain text (a reader's short reply will do). A follow-up such as "And who
     attended it?" is read in their light, and the search stays on the articles the conversation has been about
     unless the question clearly changes subject.
+
+    The index is read from `store` (else $QA_STORE; `milvus:PATH` or a Milvus server's `http(s)://HOST:PORT`),
+    or from the folder `index_dir` (else $QA_INDEX, else `index`) when neither is set.
     """
     question = validate_question(question)
     if not 1 <= top_k <= 10:
         raise ValueError(f"top_k must be between 1 and 10, not {top_k}")
-    index = load_index(index_dir)
+    index = load_index(index_dir, store)
     search_text, query_vector, focus = read_question(index, question, history)
     ranked = index.rank(search_text, query_vector, focus, question)
     if not ranked or _off_topic(index, question, ranked[0], focus):
         return Answer(question=question, text=ABSTAIN_TEXT, abstained=True)
-    citations = _cite(index, _select(index, ranked, top_k))
+    citations = _cite(index, _select(ranked, top_k))
     if not citations:
         return Answer(question=question, text=ABSTAIN_TEXT, abstained=True)
     return Answer(question=question, text=_compose(citations), citations=citations)
@@ -145,20 +149,18 @@ def _off_topic(index: LoadedIndex, question: str, best: RankedSentence, focus: F
     return best.chunk_dense < ABSTAIN_DENSE and best.keyword_coverage < ABSTAIN_COVERAGE
 
 
-def _select(index: LoadedIndex, ranked: list[RankedSentence], top_k: int) -> list[RankedSentence]:
+def _select(ranked: list[RankedSentence], top_k: int) -> list[RankedSentence]:
     """The best `top_k` sentences, skipping repeats of a sentence already chosen (same or nearly same text)."""
     chosen: list[RankedSentence] = []
     seen_hashes: set[str] = set()
     for candidate in ranked:
         if len(chosen) == top_k or candidate.score < ranked[0].score - QUOTE_SCORE_MARGIN:
             break
-        digest = index.sentence_hash[candidate.row]
-        vector = index.sentence_vectors[candidate.row]
-        if digest in seen_hashes or any(
-            float(vector @ index.sentence_vectors[c.row]) > NEAR_DUPLICATE_COSINE for c in chosen
+        if candidate.sha1 in seen_hashes or any(
+            float(candidate.vector @ c.vector) > NEAR_DUPLICATE_COSINE for c in chosen
         ):
             continue
-        seen_hashes.add(digest)
+        seen_hashes.add(candidate.sha1)
         chosen.append(candidate)
     return chosen
 
@@ -166,25 +168,22 @@ def _select(index: LoadedIndex, ranked: list[RankedSentence], top_k: int) -> lis
 def _cite(index: LoadedIndex, chosen: list[RankedSentence]) -> list[Citation]:
     """Quotes for the chosen sentences, adjacent ones merged, most relevant first, checked against the files."""
     groups: list[list[RankedSentence]] = []
-    for sentence in sorted(chosen, key=lambda s: (index.sentence_article[s.row], index.sentence_position[s.row])):
+    for sentence in sorted(chosen, key=lambda s: (s.article, s.position)):
         previous = groups[-1][-1] if groups else None
-        if previous is not None and _adjacent(index, previous.row, sentence.row):
+        if previous is not None and _adjacent(previous, sentence):
             groups[-1].append(sentence)
         else:
             groups.append([sentence])
     groups.sort(key=lambda group: -max(s.score for s in group))
     citations, file_texts = [], {}
     for group in groups:
-        article = index.article_of(group[0].row)
+        article = index.reader.article(group[0].article)
         path = index.articles_dir / article.path
         if path not in file_texts:
             file_texts[path] = _read_or_none(path)
-        start, end = int(index.sentence_start[group[0].row]), int(index.sentence_end[group[-1].row])
+        start, end = group[0].start, group[-1].end
         text = file_texts[path]
-        if text is None or any(
-            _fold(text[index.sentence_start[s.row] : index.sentence_end[s.row]]) != _fold(index.sentence_text[s.row])
-            for s in group
-        ):
+        if text is None or any(_fold(text[s.start : s.end]) != _fold(s.text) for s in group):
             logger.warning("%s changed since it was indexed; run `qa index` to update the index", path)
             continue
         citations.append(
@@ -201,13 +200,9 @@ def _cite(index: LoadedIndex, chosen: list[RankedSentence]) -> list[Citation]:
     return citations
 
 
-def _adjacent(index: LoadedIndex, first: int, second: int) -> bool:
+def _adjacent(first: RankedSentence, second: RankedSentence) -> bool:
     """Consecutive sentences of one article with only white space between them."""
-    return (
-        index.sentence_article[first] == index.sentence_article[second]
-        and index.sentence_position[second] == index.sentence_position[first] + 1
-        and int(index.sentence_start[second]) - int(index.sentence_end[first]) <= 2
-    )
+    return first.article == second.article and second.position == first.position + 1 and second.start - first.end <= 2
 
 
 def _read_or_none(path: Path) -> str | None:

@@ -70,7 +70,7 @@ class Turn:
     failed: bool = False
 
 
-def build_app(articles_dir: str, index_dir: str) -> gr.Blocks:
+def build_app(articles_dir: str, store: str) -> gr.Blocks:
     """The Gradio app: a Chat tab with the article viewer beside it, and an Articles tab to add and index articles."""
     articles_root = Path(articles_dir)
     with gr.Blocks(title=TITLE) as app:
@@ -87,7 +87,7 @@ def build_app(articles_dir: str, index_dir: str) -> gr.Blocks:
                             latex_delimiters=[],
                             buttons=["copy"],
                             feedback_options=None,
-                            examples=_examples(index_dir),
+                            examples=_examples(store),
                         )
                         with gr.Row():
                             question = gr.Textbox(
@@ -132,10 +132,10 @@ def build_app(articles_dir: str, index_dir: str) -> gr.Blocks:
                 status = gr.Markdown(elem_id="qa-status")
 
         def ask_question(text: str, history: list[Turn], messages: list[dict]):
-            yield from _respond(text, history, messages, index_dir, articles_root)
+            yield from _respond(text, history, messages, store, articles_root)
 
         def ask_example(history: list[Turn], messages: list[dict], event: gr.SelectData):
-            yield from _respond(event.value.get("text", ""), history, messages, index_dir, articles_root)
+            yield from _respond(event.value.get("text", ""), history, messages, store, articles_root)
 
         def show_citation(choice: str | None, history: list[Turn]) -> str:
             return _citation_html(history, choice, articles_root)
@@ -148,11 +148,11 @@ def build_app(articles_dir: str, index_dir: str) -> gr.Blocks:
             if not saved:
                 message = problems or ["Choose one or more .txt or .md files first."]
                 gr.Warning(" ".join(message))
-                return (_status(message), *_index_views(index_dir), None)
-            return (*_rebuild(articles_dir, index_dir, progress, problems), None)
+                return (_status(message), *_index_views(store), None)
+            return (*_rebuild(articles_dir, store, progress, problems), None)
 
         def rebuild_index(progress=gr.Progress()):
-            return _rebuild(articles_dir, index_dir, progress, [])
+            return _rebuild(articles_dir, store, progress, [])
 
         chat_outputs = [question, turns, chatbot, citation_choice, article_view]
         ask.click(ask_question, [question, turns, chatbot], chat_outputs)
@@ -172,13 +172,13 @@ def build_app(articles_dir: str, index_dir: str) -> gr.Blocks:
             concurrency_id=BUILD_CONCURRENCY_ID,
         )
         rebuild.click(rebuild_index, None, build_outputs, concurrency_limit=1, concurrency_id=BUILD_CONCURRENCY_ID)
-        app.load(lambda: _index_views(index_dir), None, [index_state, articles_table])
+        app.load(lambda: _index_views(store), None, [index_state, articles_table])
     return app
 
 
 def serve(
     articles_dir: str,
-    index_dir: str,
+    store: str,
     host: str = "127.0.0.1",
     port: int = 7860,
     auth: tuple[str, str] | None = None,
@@ -186,8 +186,8 @@ def serve(
     """Serve the web chat until interrupted; `auth` is a (user, password) login that Gradio asks for."""
     if host not in LOCAL_HOSTS and auth is None:
         logger.warning("serving on %s without a login: anyone who can reach this address can use it", host)
-    _warm_up(index_dir)
-    app = build_app(articles_dir, index_dir)
+    _warm_up(store)
+    app = build_app(articles_dir, store)
     app.queue(default_concurrency_limit=CHAT_CONCURRENCY)
     app.launch(
         server_name=host,
@@ -201,15 +201,15 @@ def serve(
     )
 
 
-def _warm_up(index_dir: str) -> None:
+def _warm_up(store: str) -> None:
     """Load the index and the model before the first reader asks, so the first answer is as quick as the rest."""
     try:
-        load_index(index_dir).encode_query("warm up")
+        load_index(store=store).encode_query("warm up")
     except (FileNotFoundError, RuntimeError) as error:
         logger.warning("the chat starts without an index: %s", error)
 
 
-def _respond(text: str, history: list[Turn], messages: list[dict], index_dir: str, articles_root: Path):
+def _respond(text: str, history: list[Turn], messages: list[dict], store: str, articles_root: Path):
     """Show the question at once, then the answer; yields values for the chat's outputs."""
     text = (text or "").strip()
     if not text:
@@ -218,13 +218,13 @@ def _respond(text: str, history: list[Turn], messages: list[dict], index_dir: st
         return
     pending = [*messages, {"role": "user", "content": _markdown_text(text)}]
     yield "", history, [*pending, {"role": "assistant", "content": "Searching the articles…"}], gr.skip(), gr.skip()
-    turn = _ask(text, history, index_dir)
+    turn = _ask(text, history, store)
     history = [*history, turn]
     reply = {"role": "assistant", "content": _reply_markdown(turn, articles_root)}
     yield "", history, [*pending, reply], _citation_radio(len(history) - 1, turn, articles_root), _hint_html()
 
 
-def _ask(text: str, history: list[Turn], index_dir: str) -> Turn:
+def _ask(text: str, history: list[Turn], store: str) -> Turn:
     """Answer one question in the light of the earlier, successful turns."""
     earlier = [
         (turn.question, Answer(turn.question, turn.text, turn.citations, abstained=not turn.citations))
@@ -232,7 +232,7 @@ def _ask(text: str, history: list[Turn], index_dir: str) -> Turn:
         if not turn.failed
     ]
     try:
-        result: Answer = answer(text, index_dir=index_dir, history=earlier)
+        result: Answer = answer(text, store=store, history=earlier)
     except ValueError as error:
         return Turn(text, f"That question cannot be asked: {error}", failed=True)
     except (FileNotFoundError, RuntimeError) as error:
@@ -393,20 +393,20 @@ def _store(articles_root: Path, name: str, data: bytes, overwrite: bool) -> bool
     return True
 
 
-def _rebuild(articles_dir: str, index_dir: str, progress: gr.Progress, notes: list[str]):
+def _rebuild(articles_dir: str, store: str, progress: gr.Progress, notes: list[str]):
     """Update the index incrementally; returns the status message and the refreshed index views."""
     progress(0, desc="Reading articles")
     try:
         report = build_index(
             articles_dir,
-            index_dir,
+            store=store,
             progress=lambda done, total: progress((done, total), desc="Embedding new text", unit="chunks"),
         )
     except Exception as error:  # any failure is reported in the page; the previous index keeps answering
         logger.exception("index build failed")
         message = f"Index update failed: {error}. The previous index is still answering."
         gr.Warning(message)
-        return (_status([*notes, message]), *_index_views(index_dir))
+        return (_status([*notes, message]), *_index_views(store))
     lines = [
         f"Index updated in {report.seconds:.1f} s: {report.added} added, {report.updated} updated, "
         f"{report.removed} removed, {report.unchanged} unchanged; {report.chunks_embedded} chunks embedded.",
@@ -415,17 +415,17 @@ def _rebuild(articles_dir: str, index_dir: str, progress: gr.Progress, notes: li
     ]
     if notes or report.skipped:
         gr.Warning(" ".join(lines[1:]))
-    return (_status(lines), *_index_views(index_dir))
+    return (_status(lines), *_index_views(store))
 
 
 def _status(lines: Sequence[str]) -> str:
     return "\n".join(f"- {_markdown_text(line)}" for line in lines)
 
 
-def _index_views(index_dir: str) -> tuple[str, list[list]]:
+def _index_views(store: str) -> tuple[str, list[list]]:
     """The index state as Markdown and the table of indexed articles."""
     try:
-        summary = describe_index(index_dir)
+        summary = describe_index(store=store)
     except (FileNotFoundError, RuntimeError) as error:
         return _markdown_text(f"No index yet ({error}). Add articles below or press “Rebuild index”."), []
     return _summary_markdown(summary), [
@@ -444,10 +444,10 @@ def _summary_markdown(summary: IndexSummary) -> str:
     return " · ".join(f"**{name}:** {_markdown_text(value)}" for name, value in facts)
 
 
-def _examples(index_dir: str) -> list[dict[str, str]]:
+def _examples(store: str) -> list[dict[str, str]]:
     """Example questions for the empty chat, made from the titles of the first indexed articles."""
     try:
-        articles = describe_index(index_dir).articles
+        articles = describe_index(store=store).articles
     except (FileNotFoundError, RuntimeError):
         return []
     return [{"text": f"What do the articles say about “{_shortened(article.title)}”?"} for article in articles[:EXAMPLE_COUNT]]

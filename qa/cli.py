@@ -77,12 +77,21 @@ def _add_articles(parser: argparse.ArgumentParser) -> None:
 
 def _add_index(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--index", help=f"index folder (default: ${config.INDEX_ENV} or {config.DEFAULT_INDEX_DIR})")
+    parser.add_argument(
+        "--store",
+        help=f"keep the index in Milvus instead: milvus:PATH (a Milvus Lite file) or http(s)://HOST:PORT (a Milvus "
+        f"server; token in $QA_MILVUS_TOKEN) (default: ${config.STORE_ENV}, else the --index folder)",
+    )
+
+
+def _store(args: argparse.Namespace) -> str:
+    return config.store_location(args.store, args.index)
 
 
 def _index(args: argparse.Namespace) -> int:
     from .index import build_index
 
-    report = build_index(args.articles, args.index, args.model, rebuild=args.rebuild, backend=args.backend)
+    report = build_index(args.articles, model=args.model, rebuild=args.rebuild, backend=args.backend, store=_store(args))
     print(
         f"{report.added} added, {report.updated} updated, {report.removed} removed, {report.unchanged} unchanged; "
         f"{report.chunks_embedded} chunks embedded in {report.seconds:.1f} s"
@@ -96,7 +105,7 @@ def _ask(args: argparse.Namespace) -> int:
     from .answers import Turn, answer
 
     if args.question is not None:
-        _print_answer(answer(args.question, index_dir=args.index, top_k=args.top_k))
+        _print_answer(answer(args.question, store=_store(args), top_k=args.top_k))
         return 0
     history: list[Turn] = []
     print("Ask a question about the articles (an empty line or Ctrl-D ends).")
@@ -108,7 +117,7 @@ def _ask(args: argparse.Namespace) -> int:
         if not question:
             return 0
         try:
-            reply = answer(question, index_dir=args.index, top_k=args.top_k, history=history)
+            reply = answer(question, store=_store(args), top_k=args.top_k, history=history)
         except ValueError as error:
             print(f"qa: {error}", file=sys.stderr)
             continue
@@ -127,7 +136,7 @@ def _print_answer(reply) -> None:
 def _eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate, load_questions
 
-    report = evaluate(load_questions(args.questions), index_dir=args.index, self_history=args.self_history)
+    report = evaluate(load_questions(args.questions), store=_store(args), self_history=args.self_history)
     print(report.summary())
     if args.show_misses and report.misses:
         print("missed: " + " ".join(report.misses))
@@ -143,7 +152,7 @@ def _serve(args: argparse.Namespace) -> int:
         if not separator or not user or not password:
             raise ValueError("--auth must look like USER:PASSWORD")
         auth = (user, password)
-    serve(config.articles_dir(args.articles), config.index_dir(args.index), host=args.host, port=args.port, auth=auth)
+    serve(config.articles_dir(args.articles), _store(args), host=args.host, port=args.port, auth=auth)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Defaults, limits and the environment variables that override them (QA_ARTICLES, QA_INDEX, QA_MODEL, QA_BACKEND)."""
+"""Defaults, limits and the environment variables that override them (QA_ARTICLES, QA_INDEX, QA_STORE, QA_MODEL, QA_BACKEND)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 
 ARTICLES_ENV = "QA_ARTICLES"
 INDEX_ENV = "QA_INDEX"
+STORE_ENV = "QA_STORE"
 MODEL_ENV = "QA_MODEL"
 BACKEND_ENV = "QA_BACKEND"
 
@@ -31,6 +32,12 @@ def articles_dir(value: str | os.PathLike | None = None) -> str:
 def index_dir(value: str | os.PathLike | None = None) -> str:
     """The index folder: the argument, else $QA_INDEX, else `index`."""
     return str(value or os.environ.get(INDEX_ENV) or DEFAULT_INDEX_DIR)
+
+
+def store_location(store: str | os.PathLike | None = None, folder: str | os.PathLike | None = None) -> str:
+    """Where the index lives: `store`, else $QA_STORE, else the embedded index folder `folder` (else $QA_INDEX, else
+    `index`). `milvus:PATH` is a Milvus Lite file, `http(s)://HOST:PORT` a Milvus server, anything else a folder."""
+    return str(store or os.environ.get(STORE_ENV) or index_dir(folder))
 
 
 def model_name(value: str | None = None) -> str:

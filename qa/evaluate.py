@@ -172,7 +172,9 @@ class _SelfHistory:
         return turns
 
 
-def evaluate(questions: list[Question], index_dir: str | None = None, *, self_history: bool = False) -> EvalReport:
+def evaluate(
+    questions: list[Question], index_dir: str | None = None, *, store: str | None = None, self_history: bool = False
+) -> EvalReport:
     """Ask every question, with its conversation's earlier turns, and score the answers.
 
     By default the earlier turns are the set's own (`Question.history`); with `self_history` they are the
@@ -180,12 +182,12 @@ def evaluate(questions: list[Question], index_dir: str | None = None, *, self_hi
     """
     report = EvalReport()
     started = time.perf_counter()
-    load_index(index_dir).encode_query("warm up")
+    load_index(index_dir, store).encode_query("warm up")
     report.startup_ms = (time.perf_counter() - started) * 1000
 
     def ask(text: str, history: Sequence[Turn]) -> Answer:
         try:
-            return answer(text, index_dir=index_dir, history=history)
+            return answer(text, index_dir=index_dir, store=store, history=history)
         except ValueError:
             return Answer(question=text, text="", abstained=True)
 
@@ -193,7 +195,7 @@ def evaluate(questions: list[Question], index_dir: str | None = None, *, self_hi
     for question in tqdm(questions, desc="questions", unit="q", disable=None):
         history = own.turns(question) if self_history else question.history
         started = time.perf_counter()
-        reply = answer(question.question, index_dir=index_dir, history=history)
+        reply = answer(question.question, index_dir=index_dir, store=store, history=history)
         report.latencies_ms.append((time.perf_counter() - started) * 1000)
         hit = is_hit(question, reply)
         report.overall.add(question, reply, hit)

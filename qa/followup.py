@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
+from weakref import WeakKeyDictionary
 
 import numpy as np
 
@@ -64,6 +65,8 @@ MAX_LOCATED_ARTICLES = 3
 """A plain-text answer found in more articles than this ("yes", "two") says nothing about the focus."""
 MIN_LOCATED_CHARS = 2
 """A plain-text answer shorter than this is not looked for."""
+MAX_REMEMBERED_TURNS = 10_000
+"""Turns whose places are remembered per index before the memory is cleared."""
 
 _WORD = re.compile(r"\w+(?:[.'’\-]\w+)*")
 _CITATION_MARK = re.compile(r"\[\d+\]")
@@ -102,13 +105,13 @@ def read_conversation(index: LoadedIndex, question: str, turns: Sequence[Earlier
         return question, Focus()
     search_text = resolve_question(question, [(turn.question, turn.answer) for turn in turns])
     weights: dict[int, float] = {}
-    anchors: tuple[int, ...] = ()
+    anchors: tuple[tuple[int, int], ...] = ()
     for age, turn in enumerate(reversed(turns)):
-        rows = _cited_rows(index, turn) if turn.cited else _located_rows(index, turn)
-        if not rows:
+        places = _places(index, turn)
+        if not places:
             continue
-        anchors = anchors or tuple(rows)
-        articles = list(dict.fromkeys(int(index.sentence_article[row]) for row in rows))
+        anchors = anchors or tuple(places)
+        articles = list(dict.fromkeys(article for article, _ in places))
         shares = np.array([1.0 / (rank + 1) if turn.cited else 1.0 for rank in range(len(articles))])
         for article, share in zip(articles, shares / shares.sum()):
             weights[article] = weights.get(article, 0.0) + FOCUS_DECAY**age * share
@@ -119,11 +122,17 @@ def read_conversation(index: LoadedIndex, question: str, turns: Sequence[Earlier
     return search_text, Focus(focus, anchors, is_followup(question))
 
 
-def _searched_articles(index: LoadedIndex, text: str, depth: int = 1) -> set[int]:
-    """The articles of the `depth` chunks that best match `text` by BM25."""
-    scores = index.chunk_keywords.scores(query_terms(text))
-    best = np.argpartition(-scores, depth - 1)[:depth] if len(scores) > depth else np.arange(len(scores))
-    return {int(index.chunk_article[chunk]) for chunk in best if scores[chunk] > 0}
+def _searched_articles(index: LoadedIndex, text: str, depth: int = 1) -> list[int]:
+    """The articles of the `depth` chunks that best match `text` by BM25, best first."""
+    chunk_ids = index.reader.keyword_search(text, query_terms(text), depth)
+    if not len(chunk_ids):
+        return []
+    chunks = index.reader.chunks(ids=chunk_ids)
+    article_of = dict(zip(chunks.ids.tolist(), chunks.article.tolist()))
+    return list(dict.fromkeys(article_of[int(chunk)] for chunk in chunk_ids))
+
+
+_remembered_places: WeakKeyDictionary[LoadedIndex, dict[tuple, list[tuple[int, int]]]] = WeakKeyDictionary()
 
 
 @lru_cache(maxsize=200_000)
@@ -138,39 +147,52 @@ def _joined_key(sentences: tuple[str, ...]) -> str:
     return f" {' '.join(_word_key(sentence).strip() for sentence in sentences)} "
 
 
-def _cited_rows(index: LoadedIndex, turn: EarlierTurn) -> list[int]:
-    """The sentence rows inside the spans a turn cited."""
-    rows = []
+def _places(index: LoadedIndex, turn: EarlierTurn) -> list[tuple[int, int]]:
+    """Where a turn's answer stands, remembered per index: a conversation's earlier turns come back at every question."""
+    remembered = _remembered_places.setdefault(index, {})
+    if len(remembered) >= MAX_REMEMBERED_TURNS:
+        remembered.clear()
+    key = (turn.question, turn.answer, turn.cited)
+    places = remembered.get(key)
+    if places is None:
+        places = remembered[key] = _cited_places(index, turn) if turn.cited else _located_places(index, turn)
+    return places
+
+
+def _cited_places(index: LoadedIndex, turn: EarlierTurn) -> list[tuple[int, int]]:
+    """The (article, position) of the sentences inside the spans a turn cited."""
+    places = []
     for path, start, end in turn.cited:
         article = index.article_id(path)
         if article is not None:
-            rows += [
-                row
-                for row in index.rows_of_article(article)
-                if index.sentence_start[row] >= start and index.sentence_end[row] <= end
-            ]
-    return rows
+            sentences = index.article_sentences([article])
+            inside = (sentences.start >= start) & (sentences.end <= end)
+            places += [(article, int(position)) for position in sentences.position[inside]]
+    return places
 
 
-def _located_rows(index: LoadedIndex, turn: EarlierTurn) -> list[int]:
-    """The sentence rows that hold a plain-text answer, among the articles its turn's words lead to."""
+def _located_places(index: LoadedIndex, turn: EarlierTurn) -> list[tuple[int, int]]:
+    """The (article, position) of the sentences that hold a plain-text answer, among the articles its turn's words
+    lead to."""
     pieces = [_word_key(piece) for piece in (_QUOTED_ANSWER.findall(turn.answer) or [turn.answer])]
     pieces = [piece for piece in pieces if len(piece) >= MIN_LOCATED_CHARS + 2]
     if not pieces:
         return []
+    articles = _searched_articles(index, f"{turn.question} {turn.answer}", LOCATE_DEPTH)
+    sentences = index.article_sentences(articles)
     found: dict[int, list[int]] = {}
-    for article in _searched_articles(index, f"{turn.question} {turn.answer}", LOCATE_DEPTH):
-        rows = index.rows_of_article(article)
-        article_key = _joined_key(tuple(index.sentence_text[row] for row in rows))
+    for article in articles:
+        rows = np.flatnonzero(sentences.article == article)
+        article_key = _joined_key(tuple(sentences.text[row] for row in rows))
         if not any(piece in article_key for piece in pieces):
             continue
         for row in rows:
-            sentence = _word_key(index.sentence_text[row])
+            sentence = _word_key(sentences.text[row])
             if any(piece in sentence or (len(sentence) > 20 and sentence in piece) for piece in pieces):
-                found.setdefault(article, []).append(row)
+                found.setdefault(article, []).append(int(sentences.position[row]))
     if len(found) > MAX_LOCATED_ARTICLES:
         return []
-    return [row for rows in found.values() for row in rows]
+    return [(article, position) for article, positions in found.items() for position in positions]
 
 
 def resolve_question(question: str, history: Sequence[tuple[str, str]] | None) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -41,11 +42,15 @@ class TermCounts:
 
     counts: sparse.csr_matrix
     terms: np.ndarray
-    """The column labels of `counts` (str)."""
+    """The column labels of `counts` (str), sorted."""
 
     @classmethod
     def of(cls, texts: list[str]) -> TermCounts:
-        tokens = tokenize(texts)
+        return cls.from_tokens(tokenize(texts))
+
+    @classmethod
+    def from_tokens(cls, tokens: list[Sequence[str]]) -> TermCounts:
+        """Counts of texts already split into BM25 terms (see `tokenize`)."""
         terms, columns = np.unique(np.array([t for text in tokens for t in text], dtype=str), return_inverse=True)
         rows = np.repeat(np.arange(len(tokens)), [len(text) for text in tokens])
         counts = sparse.csr_matrix(
@@ -54,9 +59,16 @@ class TermCounts:
         counts.sum_duplicates()
         return cls(counts, terms)
 
+    def tokens(self, row: int) -> list[str]:
+        """The terms of one row, each repeated as often as it occurs."""
+        start, end = self.counts.indptr[row], self.counts.indptr[row + 1]
+        return [str(t) for t, n in zip(self.terms[self.counts.indices[start:end]], self.counts.data[start:end]) for _ in range(int(n))]
+
     @classmethod
     def stack(cls, parts: list[TermCounts]) -> TermCounts:
         """One matrix with the rows of all parts, in order, over the union of their terms."""
+        if parts and all(part.terms is parts[0].terms for part in parts):  # rows of one index: same columns
+            return cls(sparse.vstack([part.counts for part in parts], format="csr"), parts[0].terms)
         terms, inverse = np.unique(np.concatenate([part.terms for part in parts] or [np.array([], dtype=str)]),
                                    return_inverse=True)
         blocks, offset = [], 0
@@ -87,7 +99,15 @@ class KeywordIndex:
         counts.data = (np.repeat(idf, frequency) * tf / (tf + norms)).astype(np.float32)
         self.weights = counts
         self.n_rows = n_rows
+        self.average_length = average
+        self.document_frequency = frequency
         self.columns = {str(term): column for column, term in enumerate(term_counts.terms)}
+
+    def frequencies(self, terms: Sequence[str]) -> np.ndarray:
+        """The number of rows holding each of `terms` (0 for a term no row holds)."""
+        return np.array(
+            [self.document_frequency[self.columns[t]] if t in self.columns else 0 for t in terms], dtype=np.int64
+        )
 
     def __contains__(self, term: str) -> bool:
         return term in self.columns
@@ -109,3 +129,21 @@ class KeywordIndex:
                 start, end = self.weights.indptr[column], self.weights.indptr[column + 1]
                 total[self.weights.indices[start:end]] += self.weights.data[start:end]
         return total if rows is None else total[rows]
+
+
+def bm25_terms(counts: TermCounts, terms: Sequence[str], frequencies: np.ndarray, n_rows: int, average_length: float) -> np.ndarray:
+    """(rows x terms) BM25 contributions of each of `terms` to each row of `counts`, with the document frequencies
+    `frequencies` (one per term) and row statistics of the whole index, as KeywordIndex scores them."""
+    columns = np.searchsorted(counts.terms, np.array(terms, dtype=str)) if len(counts.terms) else np.zeros(len(terms), int)
+    matrix = counts.counts.tocsc()
+    lengths = np.asarray(counts.counts.sum(axis=1)).ravel()
+    norms = K1 * ((1 - B) + B * lengths / max(average_length, 1e-9))
+    scores = np.zeros((counts.counts.shape[0], len(terms)), dtype=np.float32)
+    for j, (term, column, frequency) in enumerate(zip(terms, columns, frequencies)):
+        if column >= len(counts.terms) or counts.terms[column] != term or frequency <= 0:
+            continue
+        idf = np.log(1 + (n_rows - frequency + 0.5) / (frequency + 0.5))
+        start, end = matrix.indptr[column], matrix.indptr[column + 1]
+        rows, tf = matrix.indices[start:end], matrix.data[start:end]
+        scores[rows, j] = idf * tf / (tf + norms[rows])
+    return scores

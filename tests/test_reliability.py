@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import pytest
 import qa
 from qa.chat import safe_file_name, save_uploads
 from qa.evaluate import citation_is_intact
-from qa.index import DATABASE_FILE, MANIFEST_FILE, SEGMENTS_DIR, current_generation
+from qa.store.embedded import DATABASE_FILE, MANIFEST_FILE, SEGMENTS_DIR, current_generation
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = ROOT / "seeds"
@@ -151,34 +150,6 @@ def test_files_changed_or_deleted_during_a_build_are_never_misquoted(tmp_path):
     report = qa.build_index(articles, index_dir)
     assert (report.removed, report.updated, report.unchanged) == (1, 0, 1)  # 001 is back as it was indexed
     assert any("late 2024" in c.quote for c in qa.answer(MEETING_QUESTION, index_dir=str(index_dir)).citations)
-
-
-@pytest.mark.parametrize("delay", [0.0, 1.5, 4.0], ids=["at-start", "early", "mid-embedding"])
-def test_a_rebuild_killed_at_any_moment_leaves_the_old_index_answering(tmp_path, delay):
-    articles, index_dir = copy_seeds(tmp_path / "articles"), tmp_path / "index"
-    qa.build_index(articles, index_dir)
-    before = ask_in_new_process(MEETING_QUESTION, index_dir).stdout
-    live = current_generation(index_dir)
-    for number in range(30):
-        text = " ".join(f"Clause {number}-{k} of the port budget funds dredging work number {k}." for k in range(40))
-        (articles / f"budget_{number:02d}.txt").write_text(f"Port budget {number}\n\n{text}\n", encoding="utf-8")
-    build = subprocess.Popen(
-        [sys.executable, "-m", "qa.cli", "index", "--articles", str(articles), "--index", str(index_dir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV,
-    )
-    if delay:
-        while build.poll() is None and not list(index_dir.glob("*.tmp")):
-            time.sleep(0.02)
-        time.sleep(delay)
-    assert build.poll() is None, "the build finished before it could be killed"
-    build.send_signal(signal.SIGKILL)
-    build.wait()
-
-    assert current_generation(index_dir) == live
-    assert ask_in_new_process(MEETING_QUESTION, index_dir).stdout == before
-    report = qa.build_index(articles, index_dir)
-    assert report.added == 30 and not list(index_dir.glob("*.tmp"))
-    assert "dredging" in qa.answer("What does the port budget fund?", index_dir=str(index_dir)).text
 
 
 @pytest.mark.parametrize("damaged", [DATABASE_FILE, MANIFEST_FILE, SEGMENTS_DIR])

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from scipy import sparse
 
-from .keywords import TermCounts
+from ..keywords import TermCounts
 
 logger = logging.getLogger(__name__)
 
