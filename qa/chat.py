@@ -183,7 +183,8 @@ def serve(
     port: int = 7860,
     auth: tuple[str, str] | None = None,
 ) -> None:
-    """Serve the web chat until interrupted; `auth` is a (user, password) login that Gradio asks for."""
+    """Serve the web chat until interrupted, answering from `store` (an index folder, `milvus:PATH` or a Milvus
+    server's URL); `auth` is a (user, password) login that Gradio asks for."""
     if host not in LOCAL_HOSTS and auth is None:
         logger.warning("serving on %s without a login: anyone who can reach this address can use it", host)
     _warm_up(store)

@@ -142,6 +142,7 @@ class Embedder:
                 for (chunk_vector, tokens, offsets), spans in zip(encoded, sentence_spans)
             ]
             return ChunkEmbeddings(_unit(chunk_vectors), sentence_vectors)
+        _use_every_core()
         outputs = self.model.encode(list(texts), batch_size=BATCH_SIZE, output_value=None, show_progress_bar=False)
         offsets = self.model.tokenizer(
             list(texts), return_offsets_mapping=True, truncation=True, max_length=self.max_tokens
@@ -268,6 +269,15 @@ def _onnx_export(model, model_name: str) -> Path:
         if attention and hasattr(transformer, "set_attn_implementation"):
             transformer.set_attn_implementation(attention)
     return target
+
+
+def _use_every_core() -> None:
+    """Let PyTorch use every core for a build's batches. Its threads are OpenMP's, which the FAISS search of a loaded
+    index sets to one for the whole process (see qa.store.embedded.SEARCH_THREADS); without this, a build in a process
+    that has answered a question (the chat's "Rebuild index") would embed on one core, at about half the speed."""
+    import torch
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
 
 
 def _pool_sentences(

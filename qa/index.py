@@ -15,7 +15,7 @@ from tqdm import tqdm
 from . import config
 from .articles import Article, SkippedFile, read_articles, require_folder
 from .chunks import chunk_article, sentence_text
-from .store import FORMAT_VERSION, EmbeddedArticle, IndexInfo, IndexNotFoundError, Update, open_store
+from .store import FORMAT_VERSION, EmbeddedArticle, IndexInfo, Update, open_store
 
 logger = logging.getLogger(__name__)
 
@@ -45,18 +45,10 @@ class IndexedArticle:
 
 
 @dataclass(frozen=True)
-class IndexSummary:
-    """The state of a built index, as shown to users."""
+class IndexSummary(IndexInfo):
+    """The state of a built index, as shown to users: what it is, and its articles."""
 
-    model: str
-    backend: str
-    dimension: int
-    built_at: str
-    articles_dir: str
-    n_articles: int
-    n_chunks: int
-    n_sentences: int
-    articles: list[IndexedArticle]
+    articles: list[IndexedArticle] = field(default_factory=list)
 
 
 def build_index(
@@ -191,19 +183,8 @@ def _mean_unit(vectors: list[np.ndarray]) -> np.ndarray:
 
 def describe_index(index_dir: str | os.PathLike | None = None, store: str | None = None) -> IndexSummary:
     """What the live index holds: model, build time, counts and the list of articles."""
-    opened = open_store(store, index_dir)
-    if opened.live() is None:
-        raise IndexNotFoundError(f"no index in {opened.location!r}: build one with `qa index`")
-    reader = opened.open()
-    info = reader.info
+    reader = open_store(store, index_dir).open()
     return IndexSummary(
-        model=info.model,
-        backend=info.backend,
-        dimension=info.dimension,
-        built_at=info.built_at,
-        articles_dir=info.articles_dir,
-        n_articles=info.n_articles,
-        n_chunks=info.n_chunks,
-        n_sentences=info.n_sentences,
+        **vars(reader.info),
         articles=[IndexedArticle(a.path, a.title, a.date, a.chunks) for a in reader.articles()],
     )

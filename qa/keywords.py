@@ -109,17 +109,6 @@ class KeywordIndex:
             [self.document_frequency[self.columns[t]] if t in self.columns else 0 for t in terms], dtype=np.int64
         )
 
-    def __contains__(self, term: str) -> bool:
-        return term in self.columns
-
-    def term_scores(self, term: str) -> np.ndarray:
-        """The BM25 score of `term` for every row (zero where it does not occur)."""
-        column = self.columns[term]
-        scores = np.zeros(self.n_rows, dtype=np.float32)
-        start, end = self.weights.indptr[column], self.weights.indptr[column + 1]
-        scores[self.weights.indices[start:end]] = self.weights.data[start:end]
-        return scores
-
     def scores(self, terms: list[str], rows: np.ndarray | None = None) -> np.ndarray:
         """Summed BM25 scores of the known `terms` (repeats count again), for all rows or for `rows` only."""
         total = np.zeros(self.n_rows, dtype=np.float32)
