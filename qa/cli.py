@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     index.add_argument("--model", help=f"sentence-transformers model (default: ${config.MODEL_ENV} or {config.DEFAULT_MODEL})")
     index.add_argument(
         "--backend", choices=config.BACKENDS,
-        help=f"how the model runs (default: ${config.BACKEND_ENV} or {config.DEFAULT_BACKEND}); onnx needs pip install 'qa[onnx]'",
+        help=f"how the model runs (default: ${config.BACKEND_ENV} or {config.DEFAULT_BACKEND})",
     )
     index.add_argument("--rebuild", action="store_true", help="re-embed every article, ignoring the existing index")
     index.set_defaults(run=_index)

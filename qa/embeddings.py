@@ -12,6 +12,7 @@ the export here uses `torch.onnx.export` and `onnxruntime.quantization.quantize_
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -29,8 +30,13 @@ logger = logging.getLogger(__name__)
 
 BATCH_SIZE = 32
 CACHE_ENV = "QA_CACHE"
-ONNX_EXPORT_VERSION = 1
+ONNX_EXPORT_VERSION = 2
 """Bumped when the export recipe changes, so cached exports are redone."""
+FLOAT_FILE = "model.onnx"
+INT8_FILE = "model_qint8.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+SETTINGS_FILE = "settings.json"
+"""Written last: an export folder with it is complete."""
 
 
 def backend_name(value: str | None = None) -> str:
@@ -116,8 +122,16 @@ class Embedder:
         model = self.model
         with self._lock:
             if self._session is None:
+                _check_exportable(model, self.model_name)
                 self._session = _onnx_session(model, self.model_name)
             return self._session
+
+    def export(self) -> None:
+        """Make the model's ONNX export (questions are encoded with it, without PyTorch) if it is not cached yet;
+        raises RuntimeError for a model the export cannot reproduce."""
+        if not (export_folder(self.model_name) / SETTINGS_FILE).exists():
+            _check_exportable(self.model, self.model_name)
+            _onnx_export(self.model, self.model_name)
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
         """(n, dim) unit vectors for short texts such as questions."""
@@ -180,15 +194,18 @@ class Embedder:
 
 
 def _onnx_session(model, model_name: str):
-    """Load (exporting and quantising first, if not cached) the int8 ONNX export of a
-    sentence-transformers model made of a Transformer, mean pooling and optionally normalisation."""
-    try:
-        import onnxruntime
-    except ImportError:
-        raise RuntimeError(
-            "the onnx embedding backend needs ONNX Runtime: pip install 'qa[onnx]' (onnxruntime, onnx), or unset QA_BACKEND"
-        ) from None
+    """Load (exporting and quantising first, if not cached) the int8 ONNX export of the model."""
+    import onnxruntime
 
+    target = _onnx_export(model, model_name) / INT8_FILE
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return onnxruntime.InferenceSession(str(target), options, providers=["CPUExecutionProvider"])
+
+
+def _check_exportable(model, model_name: str) -> None:
+    """Raise RuntimeError unless the model is a Transformer with mean pooling (and optionally normalisation),
+    which is what the ONNX export reproduces."""
     modules = [type(module).__name__ for module in model]
     pooling = model[1] if len(model) > 1 else None
     if modules[:2] != ["Transformer", "Pooling"] or set(modules[2:]) - {"Normalize"} or (
@@ -197,24 +214,26 @@ def _onnx_session(model, model_name: str):
         raise RuntimeError(
             f"the onnx backend supports Transformer + mean pooling models; {model_name!r} is {modules}: use QA_BACKEND=torch"
         )
-    target = _onnx_export(model, model_name)
-    options = onnxruntime.SessionOptions()
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return onnxruntime.InferenceSession(str(target), options, providers=["CPUExecutionProvider"])
 
 
-def _onnx_export(model, model_name: str) -> Path:
-    """The cached int8 export of the model; made here (offline, about 5 s) when missing or stale."""
+def export_folder(model_name: str) -> Path:
+    """Where the ONNX export of `model_name` is cached: named by the model and its weight files, so a changed model
+    is exported again. Found without loading PyTorch."""
     source = Path(resolve_model(model_name))
     fingerprint = hashlib.sha256(f"{ONNX_EXPORT_VERSION}|{source.resolve() if source.exists() else model_name}".encode())
     for weights in sorted(source.glob("*.safetensors")) + sorted(source.glob("*.bin")) if source.exists() else []:
         fingerprint.update(f"|{weights.name}|{weights.stat().st_size}|{weights.stat().st_mtime_ns}".encode())
     safe_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in model_name)[-60:]
-    folder = cache_dir() / "onnx" / f"{safe_name}-{fingerprint.hexdigest()[:16]}"
-    target = folder / "model_qint8.onnx"
-    if target.exists():
-        return target
-    logger.info("exporting %s to ONNX (int8, dynamic quantisation) in %s", model_name, folder)
+    return cache_dir() / "onnx" / f"{safe_name}-{fingerprint.hexdigest()[:16]}"
+
+
+def _onnx_export(model, model_name: str) -> Path:
+    """The cached export of the model (float32 and int8 graphs, tokenizer, settings); made here (offline, about 5 s)
+    when missing or stale. Returns its folder."""
+    folder = export_folder(model_name)
+    if (folder / SETTINGS_FILE).exists():
+        return folder
+    logger.info("exporting %s to ONNX (float32, and int8 by dynamic quantisation) in %s", model_name, folder)
     import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -241,23 +260,24 @@ def _onnx_export(model, model_name: str) -> Path:
 
         axes = {name: {0: "batch", 1: "tokens"} for name in [*names, "token_embeddings"]}
         quiet = logging.root.manager.disable
-        logging.disable(logging.INFO)  # the quantiser logs every node it skips on the root logger
+        logging.disable(logging.WARNING)  # the quantiser logs every node it skips, and advice, on the root logger
         try:
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # tracer warnings about shapes the export keeps dynamic
                 torch.onnx.export(
-                    TokenEmbeddings(transformer), tuple(example[name] for name in names), str(staging / "model.onnx"),
+                    TokenEmbeddings(transformer), tuple(example[name] for name in names), str(staging / FLOAT_FILE),
                     input_names=names, output_names=["token_embeddings"], dynamic_axes=axes, opset_version=17, dynamo=False,
                 )
             # Per-channel int8 weights on the MatMuls only: per-tensor weights, or quantising the embedding
             # table too, moved the vectors much further from PyTorch's (mean cosine 0.954 instead of 0.994).
             quantize_dynamic(
-                str(staging / "model.onnx"), str(staging / target.name),
+                str(staging / FLOAT_FILE), str(staging / INT8_FILE),
                 weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"],
             )
         finally:
             logging.disable(quiet)
-        (staging / "model.onnx").unlink()
+        model.tokenizer.backend_tokenizer.save(str(staging / TOKENIZER_FILE))
+        (staging / SETTINGS_FILE).write_text(json.dumps({"inputs": names, "max_tokens": int(model.max_seq_length)}))
         try:
             staging.rename(folder)
         except OSError:  # another process finished the same export first
@@ -268,7 +288,56 @@ def _onnx_export(model, model_name: str) -> Path:
     finally:
         if attention and hasattr(transformer, "set_attn_implementation"):
             transformer.set_attn_implementation(attention)
-    return target
+    return folder
+
+
+class QueryEncoder:
+    """Questions encoded by ONNX Runtime on the cached export, tokenised by `tokenizers`: the same vectors as the
+    model's (cosine 0.9999 and more with PyTorch's on the float32 graph) without importing PyTorch (8 s) at all."""
+
+    def __init__(self, folder: Path, backend: str):
+        import onnxruntime
+        from tokenizers import Tokenizer
+
+        settings = json.loads((folder / SETTINGS_FILE).read_text(encoding="utf-8"))
+        self.inputs = settings["inputs"]
+        self.tokenizer = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(max_length=settings["max_tokens"])
+        options = onnxruntime.SessionOptions()
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        graph = folder / (INT8_FILE if backend == "onnx" else FLOAT_FILE)
+        self.session = onnxruntime.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """(n, dim) unit vectors, mean-pooled over each text's tokens."""
+        encodings = self.tokenizer.encode_batch(list(texts))
+        width = max(len(e.ids) for e in encodings)
+        feeds = {name: np.zeros((len(encodings), width), dtype=np.int64) for name in self.inputs}
+        for row, encoding in enumerate(encodings):
+            length = len(encoding.ids)
+            columns = {"input_ids": encoding.ids, "attention_mask": encoding.attention_mask, "token_type_ids": encoding.type_ids}
+            for name in self.inputs:
+                feeds[name][row, :length] = columns[name]
+        tokens = self.session.run(None, feeds)[0]
+        weights = feeds["attention_mask"][:, :, None].astype(np.float32)
+        return _unit((tokens * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9))
+
+
+_query_encoders: dict[tuple[str, str], QueryEncoder | None] = {}
+
+
+def query_encoder(model: str, backend: str) -> QueryEncoder | None:
+    """The process-wide QueryEncoder of `model` for an index built on `backend`, or None when the model has no
+    export yet (a build makes it: see Embedder.export) and questions must be encoded by the model itself."""
+    key = (model, backend)
+    with _embedders_lock:
+        if key not in _query_encoders:
+            folder = export_folder(model)
+            _query_encoders[key] = QueryEncoder(folder, backend) if (folder / SETTINGS_FILE).exists() else None
+            if _query_encoders[key] is None:
+                logger.info("no ONNX export of %s yet: questions are encoded by the model (run `qa index`)", model)
+        return _query_encoders[key]
 
 
 def _use_every_core() -> None:

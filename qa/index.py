@@ -101,8 +101,20 @@ def build_index(
             "index built: %d added, %d updated, %d removed, %d unchanged, %d chunks embedded",
             report.added, report.updated, report.removed, report.unchanged, report.chunks_embedded,
         )
+    _export_for_questions(encoder)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _export_for_questions(encoder: Encoder) -> None:
+    """Make the ONNX export that `qa ask` and `qa serve` encode questions with (once per model), so that a question
+    never waits for PyTorch; a model the export cannot reproduce is encoded by the model itself."""
+    from .embeddings import get_embedder
+
+    try:
+        get_embedder(encoder.model, encoder.backend).export()
+    except RuntimeError as error:
+        logger.info("questions will be encoded by the model itself: %s", error)
 
 
 @dataclass(frozen=True)

@@ -142,9 +142,13 @@ class LoadedIndex:
         return self.reader.sentences([(int(a), 0, WHOLE_ARTICLE) for a in article_ids])
 
     def encode_query(self, text: str) -> np.ndarray:
-        """The query vector of `text`, from the model and backend that embedded this index."""
-        from .embeddings import get_embedder
+        """The query vector of `text`, from the model and backend that embedded this index: on ONNX Runtime when the
+        model's export is cached (no PyTorch to load), else by the model itself."""
+        from .embeddings import get_embedder, query_encoder
 
+        fast = query_encoder(self.info.model, self.info.backend)
+        if fast is not None:
+            return fast.encode([text])[0]
         return get_embedder(self.info.model, self.info.backend).encode_queries([text])[0]
 
     def rank(

@@ -61,6 +61,21 @@ def test_the_onnx_backend_answers_the_dev_set_and_is_remembered_by_the_index(tmp
     assert again.full_rebuild and qa.describe_index(index_dir).backend == "torch"
 
 
+def test_questions_are_encoded_without_pytorch_as_pytorch_encodes_them(seeds_index):
+    from qa.embeddings import get_embedder, query_encoder
+
+    questions = ["Who is the Japanese prime minister who attended the Lima meeting?", "Was ist das?", "🙂 " * 300]
+    fast = query_encoder(qa.describe_index(seeds_index).model, "torch")
+    assert fast is not None, "the build makes the ONNX export that questions are encoded with"
+    cosines = (fast.encode(questions) * get_embedder().encode_queries(questions)).sum(axis=1)
+    assert cosines.min() >= 0.9999
+    code = (f"import sys; from qa.cli import main; main(['ask', {questions[0]!r}, '--index', {seeds_index!r}]); "
+            "print(sorted({'torch', 'sentence_transformers', 'transformers'} & set(sys.modules)))")
+    asked = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert "Shigeru Ishiba" in asked.stdout and asked.stdout.strip().endswith("[]"), asked.stdout + asked.stderr
+    assert "Loading" not in asked.stderr and "%|" not in asked.stderr, "no progress bars on a plain question"
+
+
 def test_unanswerable_question_abstains_without_citations(seeds_index):
     for question in ("What is the population of Tokyo?", "Who won the 2022 FIFA World Cup?"):
         reply = qa.answer(question, index_dir=seeds_index)
