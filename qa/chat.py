@@ -19,6 +19,7 @@ import gradio as gr  # noqa: E402
 from . import Answer, Citation, IndexSummary, answer, build_index, config, describe_index  # noqa: E402
 from .articles import MAX_ARTICLE_BYTES, check_article_bytes  # noqa: E402
 from .retrieval import load_index  # noqa: E402
+from .watch import FolderWatcher  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +29,8 @@ MAX_NAME_CHARS = 120
 CHAT_CONCURRENCY = 4
 """Questions answered at once; index builds run one at a time beside them."""
 BUILD_CONCURRENCY_ID = "index-build"
+WATCH_REFRESH_SECONDS = 2.0
+"""How often an open Articles tab shows the watcher's state afresh."""
 EXAMPLE_COUNT = 3
 SHORT_TITLE_WORDS = 10
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -70,7 +73,7 @@ class Turn:
     failed: bool = False
 
 
-def build_app(articles_dir: str, store: str) -> gr.Blocks:
+def build_app(articles_dir: str, store: str, watcher: FolderWatcher | None = None) -> gr.Blocks:
     """The Gradio app: a Chat tab with the article viewer beside it, and an Articles tab to add and index articles."""
     articles_root = Path(articles_dir)
     with gr.Blocks(title=TITLE) as app:
@@ -112,6 +115,7 @@ def build_app(articles_dir: str, store: str) -> gr.Blocks:
                         )
             with gr.Tab("Articles", id="articles"):
                 index_state = gr.Markdown(elem_id="qa-index-state")
+                watch_state = gr.Markdown(elem_id="qa-watch-state", visible=watcher is not None)
                 articles_table = gr.Dataframe(
                     headers=TABLE_HEADERS,
                     datatype="str",
@@ -132,10 +136,10 @@ def build_app(articles_dir: str, store: str) -> gr.Blocks:
                 status = gr.Markdown(elem_id="qa-status")
 
         def ask_question(text: str, history: list[Turn], messages: list[dict]):
-            yield from _respond(text, history, messages, store, articles_root)
+            yield from _respond(text, history, messages, store, articles_root, watcher)
 
         def ask_example(history: list[Turn], messages: list[dict], event: gr.SelectData):
-            yield from _respond(event.value.get("text", ""), history, messages, store, articles_root)
+            yield from _respond(event.value.get("text", ""), history, messages, store, articles_root, watcher)
 
         def show_citation(choice: str | None, history: list[Turn]) -> str:
             return _citation_html(history, choice, articles_root)
@@ -173,6 +177,8 @@ def build_app(articles_dir: str, store: str) -> gr.Blocks:
         )
         rebuild.click(rebuild_index, None, build_outputs, concurrency_limit=1, concurrency_id=BUILD_CONCURRENCY_ID)
         app.load(lambda: _index_views(store), None, [index_state, articles_table])
+        if watcher is not None:
+            gr.Timer(WATCH_REFRESH_SECONDS).tick(watcher.describe, None, [watch_state], queue=False)
     return app
 
 
@@ -182,13 +188,16 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 7860,
     auth: tuple[str, str] | None = None,
+    watch: bool = True,
 ) -> None:
     """Serve the web chat until interrupted, answering from `store` (an index folder, `milvus:PATH` or a Milvus
-    server's URL); `auth` is a (user, password) login that Gradio asks for."""
+    server's URL); `auth` is a (user, password) login that Gradio asks for. The index is brought up to date with the
+    articles folder in the background on start and, with `watch`, whenever files in it are added, changed or removed."""
     if host not in LOCAL_HOSTS and auth is None:
         logger.warning("serving on %s without a login: anyone who can reach this address can use it", host)
+    watcher = FolderWatcher(articles_dir, store, watch=watch).start()
     _warm_up(store)
-    app = build_app(articles_dir, store)
+    app = build_app(articles_dir, store, watcher)
     app.queue(default_concurrency_limit=CHAT_CONCURRENCY)
     app.launch(
         server_name=host,
@@ -210,7 +219,9 @@ def _warm_up(store: str) -> None:
         logger.warning("the chat starts without an index: %s", error)
 
 
-def _respond(text: str, history: list[Turn], messages: list[dict], store: str, articles_root: Path):
+def _respond(
+    text: str, history: list[Turn], messages: list[dict], store: str, articles_root: Path, watcher: FolderWatcher | None
+):
     """Show the question at once, then the answer; yields values for the chat's outputs."""
     text = (text or "").strip()
     if not text:
@@ -219,13 +230,13 @@ def _respond(text: str, history: list[Turn], messages: list[dict], store: str, a
         return
     pending = [*messages, {"role": "user", "content": _markdown_text(text)}]
     yield "", history, [*pending, {"role": "assistant", "content": "Searching the articles…"}], gr.skip(), gr.skip()
-    turn = _ask(text, history, store)
+    turn = _ask(text, history, store, watcher)
     history = [*history, turn]
     reply = {"role": "assistant", "content": _reply_markdown(turn, articles_root)}
     yield "", history, [*pending, reply], _citation_radio(len(history) - 1, turn, articles_root), _hint_html()
 
 
-def _ask(text: str, history: list[Turn], store: str) -> Turn:
+def _ask(text: str, history: list[Turn], store: str, watcher: FolderWatcher | None = None) -> Turn:
     """Answer one question in the light of the earlier, successful turns."""
     earlier = [
         (turn.question, Answer(turn.question, turn.text, turn.citations, abstained=not turn.citations))
@@ -238,6 +249,9 @@ def _ask(text: str, history: list[Turn], store: str) -> Turn:
         return Turn(text, f"That question cannot be asked: {error}", failed=True)
     except (FileNotFoundError, RuntimeError) as error:
         logger.warning("no answer: %s", error)
+        if watcher is not None and watcher.status.building:
+            return Turn(text, f"No answer yet: the index is being built. {watcher.describe()} Ask again in a moment.",
+                        failed=True)
         return Turn(text, f"No answer: {error}", failed=True)
     return Turn(text, result.text, list(result.citations))
 

@@ -46,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
         help=f"how the model runs (default: ${config.BACKEND_ENV} or {config.DEFAULT_BACKEND})",
     )
     index.add_argument("--rebuild", action="store_true", help="re-embed every article, ignoring the existing index")
+    index.add_argument("--watch", action="store_true", help="then keep watching the folder and index every change (Ctrl-C stops)")
     index.set_defaults(run=_index)
 
     ask = commands.add_parser("ask", help="answer a question", description="Answer a question; with none, read questions in a loop.")
@@ -67,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s, this machine only)")
     serve.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
     serve.add_argument("--auth", default=os.environ.get("QA_AUTH"), help="USER:PASSWORD login for the chat (default: $QA_AUTH)")
+    serve.add_argument("--no-watch", action="store_true", help="update the index on start only, not on every change to the folder")
     serve.set_defaults(run=_serve)
     return parser
 
@@ -98,6 +100,11 @@ def _index(args: argparse.Namespace) -> int:
     )
     for skipped in report.skipped:
         print(f"skipped {skipped.path}: {skipped.reason}")
+    if args.watch:
+        from .watch import FolderWatcher
+
+        print(f"watching {config.articles_dir(args.articles)} (Ctrl-C stops)", flush=True)
+        FolderWatcher(args.articles, _store(args)).start().wait()
     return 0
 
 
@@ -152,7 +159,8 @@ def _serve(args: argparse.Namespace) -> int:
         if not separator or not user or not password:
             raise ValueError("--auth must look like USER:PASSWORD")
         auth = (user, password)
-    serve(config.articles_dir(args.articles), _store(args), host=args.host, port=args.port, auth=auth)
+    serve(config.articles_dir(args.articles), _store(args), host=args.host, port=args.port, auth=auth,
+          watch=not args.no_watch)
     return 0
 
 

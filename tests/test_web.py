@@ -103,7 +103,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     port = _free_port()
     with log.open("w") as output:
         server = subprocess.Popen(
-            [*cli, "serve", "--articles", str(articles), "--index", str(index), "--port", str(port)],
+            [*cli, "serve", "--articles", str(articles), "--index", str(index), "--port", str(port), "--no-watch"],
             stdout=output,
             stderr=subprocess.STDOUT,
             env=env,
