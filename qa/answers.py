@@ -31,6 +31,7 @@ MIN_OWN_WORDS = 2
 NEAR_DUPLICATE_COSINE = 0.95
 QUOTE_SCORE_MARGIN = 6.0
 """A further quote is added only while its ranker score (log-odds) is within this margin of the best."""
+QUOTATION_MARKS = "“”„‟\"'‘’«»"
 ABSTAIN_TEXT = "The articles do not say: nothing in the indexed articles answers this question."
 
 _SPACE_RUN = re.compile(r"\s+")
@@ -217,5 +218,10 @@ def _fold(text: str) -> str:
 
 
 def _compose(citations: list[Citation]) -> str:
-    return "\n".join(f"“{_fold(c.quote)}” [{number}]" for number, c in enumerate(citations, start=1))
+    return "\n".join(f"{quoted(_fold(c.quote))} [{number}]" for number, c in enumerate(citations, start=1))
+
+
+def quoted(quote: str) -> str:
+    """The quote in quotation marks, unless it opens or closes with one of its own (“…,” the minister said.)."""
+    return quote if quote[:1] in QUOTATION_MARKS or quote[-1:] in QUOTATION_MARKS else f"“{quote}”"
 

@@ -17,6 +17,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline: Gradio mu
 import gradio as gr  # noqa: E402
 
 from . import Answer, Citation, IndexSummary, answer, build_index, config, describe_index  # noqa: E402
+from .answers import quoted  # noqa: E402
 from .articles import MAX_ARTICLE_BYTES, check_article_bytes  # noqa: E402
 from .retrieval import load_index  # noqa: E402
 from .watch import FolderWatcher  # noqa: E402
@@ -267,7 +268,7 @@ def _reply_markdown(turn: Turn, articles_root: Path) -> str:
             for part in (citation.title, citation.date, _display_path(citation.path, articles_root))
             if part
         )
-        parts.append(f"**[{number}]** “{_markdown_text(citation.quote)}”  \n*{source}*")
+        parts.append(f"**[{number}]** {_markdown_text(quoted(citation.quote))}  \n*{source}*")
     return "\n\n".join(parts)
 
 

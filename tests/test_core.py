@@ -76,6 +76,12 @@ def test_questions_are_encoded_without_pytorch_as_pytorch_encodes_them(seeds_ind
     assert "Loading" not in asked.stderr and "%|" not in asked.stderr, "no progress bars on a plain question"
 
 
+def test_a_quote_with_its_own_quotation_marks_is_not_wrapped_in_a_second_pair(seeds_index):
+    reply = qa.answer("Why did Cho Tae-yul say that the meeting was very important?", index_dir=seeds_index)
+    assert reply.text.startswith("“Today’s meeting is very important for three reasons,” said"), reply.text
+    assert "““" not in reply.text and "””" not in reply.text
+
+
 def test_unanswerable_question_abstains_without_citations(seeds_index):
     for question in ("What is the population of Tokyo?", "Who won the 2022 FIFA World Cup?"):
         reply = qa.answer(question, index_dir=seeds_index)
