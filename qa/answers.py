@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import unicodedata
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from . import config
+from .articles import text_of
 from .followup import EarlierTurn, content_words, read_conversation
 from .retrieval import Focus, LoadedIndex, RankedSentence, load_index
 
@@ -39,7 +41,8 @@ _SPACE_RUN = re.compile(r"\s+")
 
 @dataclass(frozen=True)
 class Citation:
-    """A verbatim quote and exactly where it stands: `Path(path).read_text(encoding="utf-8")[start:end] == quote`."""
+    """A verbatim quote and exactly where it stands: `qa.article_text(path)[start:end] == quote` (for a .txt or .md
+    file, that is `Path(path).read_text(encoding="utf-8")`; for a saved web page, the article extracted from it)."""
 
     quote: str
     path: str
@@ -181,7 +184,7 @@ def _cite(index: LoadedIndex, chosen: list[RankedSentence]) -> list[Citation]:
         article = index.reader.article(group[0].article)
         path = index.articles_dir / article.path
         if path not in file_texts:
-            file_texts[path] = _read_or_none(path)
+            file_texts[path] = _unchanged_text(path, article.sha256)
         start, end = group[0].start, group[-1].end
         text = file_texts[path]
         if text is None or any(_fold(text[s.start : s.end]) != _fold(s.text) for s in group):
@@ -206,10 +209,12 @@ def _adjacent(first: RankedSentence, second: RankedSentence) -> bool:
     return first.article == second.article and second.position == first.position + 1 and second.start - first.end <= 2
 
 
-def _read_or_none(path: Path) -> str | None:
+def _unchanged_text(path: Path, sha256: str) -> str | None:
+    """The article text of the file at `path`, or None when it is gone or no longer the file that was indexed."""
     try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
+        data = path.read_bytes()
+        return text_of(data, path.suffix) if hashlib.sha256(data).hexdigest() == sha256 else None
+    except (OSError, ValueError):
         return None
 
 

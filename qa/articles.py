@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import ARTICLE_SUFFIXES
+from .config import ARTICLE_SUFFIXES, PAGE_SUFFIXES
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def require_folder(articles_dir: str | Path) -> Path:
 
 
 def find_article_files(articles_dir: str | Path) -> list[Path]:
-    """Every .txt and .md file under `articles_dir`, recursively, sorted, ignoring hidden files."""
+    """Every article file (.txt, .md, .html, .htm) under `articles_dir`, recursively, sorted, ignoring hidden files."""
     root = require_folder(articles_dir)
     return sorted(
         path
@@ -96,6 +96,54 @@ def check_article_bytes(data: bytes) -> str:
     except UnicodeDecodeError as error:
         raise ValueError(f"not UTF-8 (byte {error.start}); re-save it as UTF-8") from None
     return decoded.replace("\r\n", "\n").replace("\r", "\n")  # what read_text's universal newlines do
+
+
+def article_text(path: str | Path) -> str:
+    """The text qa reads in an article file, to which every citation's offsets refer: the file as
+    `read_text(encoding="utf-8")` gives it for .txt and .md; for a saved web page (.html, .htm), the article that
+    trafilatura extracts from it (title, date, byline, story paragraphs), never its menus, lists or footer."""
+    path = Path(path)
+    return text_of(path.read_bytes(), path.suffix)
+
+
+def text_of(data: bytes, suffix: str) -> str:
+    """The article text of a file's bytes (see `article_text`); raises ValueError saying why they are not usable."""
+    if suffix.lower() not in PAGE_SUFFIXES:
+        return check_article_bytes(data)
+    _check_size(len(data))
+    if not data.strip():
+        raise ValueError("empty file")
+    digest = hashlib.sha256(data).hexdigest()
+    if digest not in _page_texts:
+        if len(_page_texts) >= MAX_REMEMBERED_PAGES:
+            _page_texts.clear()
+        _page_texts[digest] = _extract_page(data)
+    return _page_texts[digest]
+
+
+def _extract_page(data: bytes) -> str:
+    """The article of a saved news page, as text: its title, date and byline on lines of their own, then its
+    paragraphs, separated by blank lines. trafilatura finds the article and leaves navigation, related-story lists,
+    cookie banners and footers out."""
+    import trafilatura
+
+    document = trafilatura.bare_extraction(
+        data, with_metadata=True, include_comments=False, include_tables=False, favor_precision=True
+    )
+    lines = [line.strip() for line in (document.text or "").splitlines() if line.strip()] if document else []
+    if not lines:
+        raise ValueError("no article found in the web page")
+    title = (document.title or "").strip() or lines[0]
+    if lines[0] == title:
+        lines = lines[1:]
+    byline = ", ".join(part for part in (f"By {document.author}" if document.author else "", document.sitename or "") if part)
+    header = [title, *([document.date] if document.date else []), *([byline] if byline else [])]
+    return "\n\n".join([*header, *lines]) + "\n"
+
+
+_page_texts: dict[str, str] = {}
+MAX_REMEMBERED_PAGES = 1_000
+"""Extracted pages remembered by content hash: a citation is checked against its page at every answer."""
 
 
 def _read_article_bytes(path: Path, root: Path) -> bytes:
@@ -241,7 +289,7 @@ def read_articles(articles_dir: str | Path, indexed: Mapping[str, str] | None = 
             if indexed and indexed.get(relative) == digest:
                 scan.unchanged.append(relative)
             else:
-                scan.articles.append(parse_article(check_article_bytes(data), relative, digest))
+                scan.articles.append(parse_article(text_of(data, path.suffix), relative, digest))
         except (OSError, ValueError) as error:
             reason = str(error) if isinstance(error, ValueError) else error.strerror or str(error)
             logger.warning("skipped %s: %s", relative, reason)

@@ -18,7 +18,7 @@ import gradio as gr  # noqa: E402
 
 from . import Answer, Citation, IndexSummary, answer, build_index, config, describe_index  # noqa: E402
 from .answers import quoted  # noqa: E402
-from .articles import MAX_ARTICLE_BYTES, check_article_bytes  # noqa: E402
+from .articles import MAX_ARTICLE_BYTES, article_text, text_of  # noqa: E402
 from .retrieval import load_index  # noqa: E402
 from .watch import FolderWatcher  # noqa: E402
 
@@ -125,7 +125,7 @@ def build_app(articles_dir: str, store: str, watcher: FolderWatcher | None = Non
                     elem_id="qa-articles",
                 )
                 uploads = gr.File(
-                    label=f"Add articles (.txt or .md, UTF-8, at most {MAX_UPLOAD_BYTES // 1_000_000} MB each)",
+                    label=f"Add articles (.txt or .md in UTF-8, or saved web pages .html/.htm; at most {MAX_UPLOAD_BYTES // 1_000_000} MB each)",
                     file_count="multiple",
                     file_types=list(config.ARTICLE_SUFFIXES),
                     elem_id="qa-upload",
@@ -151,7 +151,7 @@ def build_app(articles_dir: str, store: str, watcher: FolderWatcher | None = Non
         def add_articles(files: list[str] | None, overwrite: bool, progress=gr.Progress()):
             saved, problems = save_uploads(files or [], articles_root, overwrite)
             if not saved:
-                message = problems or ["Choose one or more .txt or .md files first."]
+                message = problems or ["Choose one or more .txt, .md or .html files first."]
                 gr.Warning(" ".join(message))
                 return (_status(message), *_index_views(store), None)
             return (*_rebuild(articles_dir, store, progress, problems), None)
@@ -307,8 +307,8 @@ def _citation_html(history: list[Turn], choice: str | None, articles_root: Path)
     )
     header = f'<div class="qa-article-head"><strong>{html.escape(citation.title)}</strong><br>{head}</div>'
     try:
-        text = Path(citation.path).read_text(encoding="utf-8")
-    except OSError as error:
+        text = article_text(citation.path)
+    except (OSError, ValueError) as error:
         text = ""
         logger.warning("cannot read %s: %s", citation.path, error)
     if text[citation.start : citation.end] != citation.quote:
@@ -364,19 +364,19 @@ def _checked_upload(path: Path, original: str) -> tuple[str, bytes]:
     if size > MAX_UPLOAD_BYTES:
         raise ValueError(f"{size / 1_000_000:.1f} MB is over the {MAX_UPLOAD_BYTES // 1_000_000} MB limit")
     data = path.read_bytes()
-    check_article_bytes(data)
+    text_of(data, Path(name).suffix)
     return name, data
 
 
 def safe_file_name(name: str) -> str:
-    """A plain file name for an uploaded article: no folders, no hidden names, no odd characters, .txt or .md.
+    """A plain file name for an uploaded article: no folders, no hidden names, no odd characters, an article's suffix.
 
     Raises ValueError when nothing usable is left or the type is not an article's.
     """
     base = unicodedata.normalize("NFC", re.split(r"[\\/]", name)[-1]).strip()
     stem, suffix = os.path.splitext(base)
     if suffix.lower() not in config.ARTICLE_SUFFIXES:
-        raise ValueError(f"only {' and '.join(config.ARTICLE_SUFFIXES)} files can be added")
+        raise ValueError(f"only {', '.join(config.ARTICLE_SUFFIXES)} files can be added")
     stem = _UNSAFE_NAME_CHARACTERS.sub("_", stem).strip("._-")[: MAX_NAME_CHARS - len(suffix)]
     if not stem:
         raise ValueError("the file name has no usable characters; rename it")

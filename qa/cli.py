@@ -6,7 +6,6 @@ import argparse
 import logging
 import os
 import sys
-from pathlib import Path
 
 from . import config
 
@@ -133,9 +132,11 @@ def _ask(args: argparse.Namespace) -> int:
 
 
 def _print_answer(reply) -> None:
+    from .articles import article_text
+
     print(reply.text)
     for number, citation in enumerate(reply.citations, start=1):
-        line = Path(citation.path).read_text(encoding="utf-8").count("\n", 0, citation.start) + 1
+        line = article_text(citation.path).count("\n", 0, citation.start) + 1
         date = f", {citation.date}" if citation.date else ""
         print(f"  [{number}] {citation.title}{date} — {citation.path}:{line} (chars {citation.start}–{citation.end})")
 

@@ -20,7 +20,9 @@ DEFAULT_BACKEND = "torch"
 """How the model runs: "torch", the published float32 weights (on ONNX Runtime from a float32 export when the model
 allows one: PyTorch's vectors, 1.8x faster; else on PyTorch), or "onnx", an int8 export (0.4 points lower on SQuAD)."""
 
-ARTICLE_SUFFIXES = (".txt", ".md")
+PAGE_SUFFIXES = (".html", ".htm")
+"""Saved web pages: qa reads the article that trafilatura extracts from them."""
+ARTICLE_SUFFIXES = (".txt", ".md", *PAGE_SUFFIXES)
 MAX_QUESTION_CHARS = 2000
 MAX_QUOTES = 3
 

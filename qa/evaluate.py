@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from . import config
 from .answers import Answer, Turn, answer
+from .articles import article_text
 from .followup import normalize
 from .retrieval import load_index
 
@@ -150,8 +151,8 @@ def from_story(question: Question, reply: Answer, top_k: int = config.MAX_QUOTES
 
 def citation_is_intact(citation) -> bool:
     try:
-        return Path(citation.path).read_text(encoding="utf-8")[citation.start : citation.end] == citation.quote
-    except OSError:
+        return article_text(citation.path)[citation.start : citation.end] == citation.quote
+    except (OSError, ValueError):
         return False
 
 

@@ -198,7 +198,7 @@ def _write_generation(index_root: Path, previous: Path | None, update: Update) -
                 segments.append(_segment_entry(write_segment(segments_root, added), added))
             chunk_ids = _ids(db, "chunks")
             if not len(chunk_ids):
-                raise ValueError("no article text to index: add .txt or .md articles to the articles folder")
+                raise ValueError("no article text to index: add .txt, .md or .html articles to the articles folder")
             sentence_ids = _ids(db, "sentences")
             segments = _merged_if_fragmented(segments_root, segments, chunk_ids, sentence_ids)
             db.commit()

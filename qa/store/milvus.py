@@ -84,7 +84,7 @@ ANALYZER = {"type": "english"}
 BM25_FUNCTION = "chunk_bm25"
 DENSE_METRIC = "IP"
 CONSISTENCY = "Strong"
-NO_CHUNKS_MESSAGE = "no article text to index: add .txt or .md articles to the articles folder"
+NO_CHUNKS_MESSAGE = "no article text to index: add .txt, .md or .html articles to the articles folder"
 
 
 class MilvusError(RuntimeError):
