@@ -6,7 +6,7 @@ import hashlib
 import logging
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +16,7 @@ from . import config
 from .articles import text_of
 from .followup import EarlierTurn, content_words, read_conversation
 from .retrieval import Focus, LoadedIndex, RankedSentence, load_index
+from .scope import Scope
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ QUOTE_SCORE_MARGIN = 6.0
 """A further quote is added only while its ranker score (log-odds) is within this margin of the best."""
 QUOTATION_MARKS = "“”„‟\"'‘’«»"
 ABSTAIN_TEXT = "The articles do not say: nothing in the indexed articles answers this question."
+ABSTAIN_SCOPED_TEXT = "The articles in this scope do not say: nothing in them answers this question."
 
 _SPACE_RUN = re.compile(r"\s+")
 
@@ -90,6 +92,7 @@ def answer(
     store: str | None = None,
     top_k: int = config.MAX_QUOTES,
     history: Sequence[Turn] | None = None,
+    where: Mapping | None = None,
 ) -> Answer:
     """Answer `question` from the articles in the index, with up to `top_k` cited quotes.
 
@@ -100,18 +103,25 @@ def answer(
 
     The index is read from `store` (else $QA_STORE; `milvus:PATH` or a Milvus server's `http(s)://HOST:PORT`),
     or from the folder `index_dir` (else $QA_INDEX, else `index`) when neither is set.
+
+    `where` limits the answer to some of the articles: `{"folder": "business"}` (a sub-folder of the articles
+    folder), `{"since": "2024-11-01", "until": "2024-11-30"}` (inclusive; either end may be left out; an article
+    without a known date is outside every range), `{"articles": [paths]}`, or any combination. When nothing in the
+    scope answers, the answer says "The articles in this scope do not say".
     """
     question = validate_question(question)
     if not 1 <= top_k <= 10:
         raise ValueError(f"top_k must be between 1 and 10, not {top_k}")
     index = load_index(index_dir, store)
+    scope = Scope.of(where, index.articles_dir)
+    abstention = ABSTAIN_TEXT if scope is None else ABSTAIN_SCOPED_TEXT
     search_text, query_vector, focus = read_question(index, question, history)
-    ranked = index.rank(search_text, query_vector, focus, question)
+    ranked = index.rank(search_text, query_vector, focus, question, scope)
     if not ranked or _off_topic(index, question, ranked[0], focus):
-        return Answer(question=question, text=ABSTAIN_TEXT, abstained=True)
+        return Answer(question=question, text=abstention, abstained=True)
     citations = _cite(index, _select(ranked, top_k))
     if not citations:
-        return Answer(question=question, text=ABSTAIN_TEXT, abstained=True)
+        return Answer(question=question, text=abstention, abstained=True)
     return Answer(question=question, text=_compose(citations), citations=citations)
 
 

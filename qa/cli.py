@@ -52,11 +52,13 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("question", nargs="?", help="the question (omit it to ask several in a row)")
     _add_index(ask)
     ask.add_argument("--top-k", type=int, default=config.MAX_QUOTES, help="most quotes in an answer (default: %(default)s)")
+    _add_scope(ask)
     ask.set_defaults(run=_ask)
 
     evaluate = commands.add_parser("eval", help="score a question set", description="Score answers on a JSON-lines question set.")
     evaluate.add_argument("questions", help="JSON-lines file: question, gold, answerable (as in dev.jsonl)")
     _add_index(evaluate)
+    _add_scope(evaluate)
     evaluate.add_argument("--self-history", action="store_true", help="ask each conversation in order, with qa's own earlier answers as its history")
     evaluate.add_argument("--show-misses", action="store_true", help="list the ids of questions that missed")
     evaluate.set_defaults(run=_eval)
@@ -85,6 +87,19 @@ def _add_index(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_scope(parser: argparse.ArgumentParser) -> None:
+    scope = parser.add_argument_group("scope", "answer from some of the articles only (any combination)")
+    scope.add_argument("--folder", help="a sub-folder of the articles folder, e.g. business")
+    scope.add_argument("--since", help="articles dated on or after this day (YYYY-MM-DD)")
+    scope.add_argument("--until", help="articles dated on or before this day (YYYY-MM-DD)")
+    scope.add_argument("--article", action="append", help="this article file (repeat for several)")
+
+
+def _where(args: argparse.Namespace) -> dict:
+    return {key: value for key, value in (("folder", args.folder), ("since", args.since), ("until", args.until),
+                                          ("articles", args.article)) if value}
+
+
 def _store(args: argparse.Namespace) -> str:
     return config.store_location(args.store, args.index)
 
@@ -111,7 +126,7 @@ def _ask(args: argparse.Namespace) -> int:
     from .answers import Turn, answer
 
     if args.question is not None:
-        _print_answer(answer(args.question, store=_store(args), top_k=args.top_k))
+        _print_answer(answer(args.question, store=_store(args), top_k=args.top_k, where=_where(args)))
         return 0
     history: list[Turn] = []
     print("Ask a question about the articles (an empty line or Ctrl-D ends).")
@@ -123,7 +138,7 @@ def _ask(args: argparse.Namespace) -> int:
         if not question:
             return 0
         try:
-            reply = answer(question, store=_store(args), top_k=args.top_k, history=history)
+            reply = answer(question, store=_store(args), top_k=args.top_k, history=history, where=_where(args))
         except ValueError as error:
             print(f"qa: {error}", file=sys.stderr)
             continue
@@ -144,7 +159,7 @@ def _print_answer(reply) -> None:
 def _eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate, load_questions
 
-    report = evaluate(load_questions(args.questions), store=_store(args), self_history=args.self_history)
+    report = evaluate(load_questions(args.questions), store=_store(args), self_history=args.self_history, where=_where(args))
     print(report.summary())
     if args.show_misses and report.misses:
         print("missed: " + " ".join(report.misses))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -174,7 +174,8 @@ class _SelfHistory:
 
 
 def evaluate(
-    questions: list[Question], index_dir: str | None = None, *, store: str | None = None, self_history: bool = False
+    questions: list[Question], index_dir: str | None = None, *, store: str | None = None, self_history: bool = False,
+    where: Mapping | None = None,
 ) -> EvalReport:
     """Ask every question, with its conversation's earlier turns, and score the answers.
 
@@ -188,7 +189,7 @@ def evaluate(
 
     def ask(text: str, history: Sequence[Turn]) -> Answer:
         try:
-            return answer(text, index_dir=index_dir, store=store, history=history)
+            return answer(text, index_dir=index_dir, store=store, history=history, where=where)
         except ValueError:
             return Answer(question=text, text="", abstained=True)
 
@@ -196,7 +197,7 @@ def evaluate(
     for question in tqdm(questions, desc="questions", unit="q", disable=None):
         history = own.turns(question) if self_history else question.history
         started = time.perf_counter()
-        reply = answer(question.question, index_dir=index_dir, store=store, history=history)
+        reply = answer(question.question, index_dir=index_dir, store=store, history=history, where=where)
         report.latencies_ms.append((time.perf_counter() - started) * 1000)
         hit = is_hit(question, reply)
         report.overall.add(question, reply, hit)

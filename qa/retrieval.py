@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .keywords import TermCounts, bm25_terms, query_terms
+from .scope import Scope
 from .store import ChunkRows, IndexCorruptError, IndexReader, SentenceRows, open_store
 
 logger = logging.getLogger(__name__)
@@ -125,6 +126,7 @@ class LoadedIndex:
         self.reader = reader
         self.info = reader.info
         self.generation = reader.generation
+        self._scopes: dict[Scope, set[int]] = {}
 
     @property
     def articles_dir(self) -> Path:
@@ -152,10 +154,12 @@ class LoadedIndex:
         return get_embedder(self.info.model, self.info.backend).encode_queries([text])[0]
 
     def rank(
-        self, question: str, query_vector: np.ndarray, focus: Focus | None = None, asked: str | None = None
+        self, question: str, query_vector: np.ndarray, focus: Focus | None = None, asked: str | None = None,
+        scope: Scope | None = None,
     ) -> list[RankedSentence]:
-        """Sentences from the best chunks (and from the conversation's articles), most relevant first."""
-        found = self.candidates(question, query_vector, focus, asked)
+        """Sentences from the best chunks (and from the conversation's articles), most relevant first; only from
+        articles in `scope` when it is given."""
+        found = self.candidates(question, query_vector, focus, asked, scope)
         sentences = found.sentences
         if not len(sentences):
             return []
@@ -178,7 +182,8 @@ class LoadedIndex:
         ]
 
     def candidates(
-        self, question: str, query_vector: np.ndarray, focus: Focus | None = None, asked: str | None = None
+        self, question: str, query_vector: np.ndarray, focus: Focus | None = None, asked: str | None = None,
+        scope: Scope | None = None,
     ) -> Candidates:
         """The sentences of the best chunks by fused dense and BM25 rank, and of the focus articles, with features.
         `question` is the text searched with; `asked` the question as the reader typed it (default: the same)."""
@@ -186,10 +191,12 @@ class LoadedIndex:
         asked = question if asked is None else asked
         tokens = list(query_terms(question))
         own_tokens = list(query_terms(asked))
-        chunk_ids = self.reader.search(query_vector, question, tokens, FIRST_STAGE_DEPTH, FUSED_CHUNKS)
+        allowed = self.scope_articles(scope)
+        chunk_ids = self.reader.search(query_vector, question, tokens, FIRST_STAGE_DEPTH, FUSED_CHUNKS, allowed)
         chunks = self.reader.chunks(ids=chunk_ids)
-        if focus.articles:
-            chunks = _joined(chunks, self.reader.chunks(articles=list(focus.articles)))
+        focus_articles = [a for a in focus.articles if allowed is None or a in allowed]
+        if focus_articles:
+            chunks = _joined(chunks, self.reader.chunks(articles=focus_articles))
         if not len(chunks.ids):
             nothing = np.zeros(0, dtype=np.float32)
             return Candidates(self.reader.sentences([]), np.zeros((0, len(FEATURES)), np.float32), nothing, nothing)
@@ -226,6 +233,14 @@ class LoadedIndex:
             axis=1,
         ).astype(np.float32)
         return Candidates(sentences, features, context[:, 0], context[:, 2])
+
+    def scope_articles(self, scope: Scope | None) -> set[int] | None:
+        """The ids of the articles in `scope`, or None when there is no scope (every article)."""
+        if scope is None:
+            return None
+        if scope not in self._scopes:
+            self._scopes[scope] = {a.id for a in self.reader.articles() if scope.admits(a.path, a.date)}
+        return self._scopes[scope]
 
     def article_coverage(self, text: str, article_id: int) -> float:
         """The share of `text`'s term weight (IDF) found in the article's best chunk; 1 when it has no terms."""

@@ -145,13 +145,20 @@ class IndexReader(ABC):
     """Names this state; a reader of another generation is another state."""
 
     @abstractmethod
-    def search(self, vector: np.ndarray, text: str, terms: Sequence[str], depth: int, limit: int) -> np.ndarray:
+    def search(
+        self, vector: np.ndarray, text: str, terms: Sequence[str], depth: int, limit: int,
+        articles: Sequence[int] | None = None,
+    ) -> np.ndarray:
         """Ids of the `limit` best chunks by reciprocal rank fusion of the `depth` nearest by vector and the `depth`
-        best by BM25 (`terms` as qa tokenises `text`; an engine may analyse `text` itself), best first."""
+        best by BM25 (`terms` as qa tokenises `text`; an engine may analyse `text` itself), best first; only chunks
+        of `articles` when it is given (a question's scope)."""
 
     @abstractmethod
-    def keyword_search(self, text: str, terms: Sequence[str], depth: int) -> np.ndarray:
-        """Ids of the (at most) `depth` chunks that best match by BM25 alone, best first; none that match nothing."""
+    def keyword_search(
+        self, text: str, terms: Sequence[str], depth: int, articles: Sequence[int] | None = None
+    ) -> np.ndarray:
+        """Ids of the (at most) `depth` chunks that best match by BM25 alone, best first; none that match nothing;
+        only chunks of `articles` when it is given."""
 
     @abstractmethod
     def chunks(self, ids: Sequence[int] | None = None, articles: Sequence[int] | None = None) -> ChunkRows:

@@ -128,6 +128,12 @@ class EmbeddedStore(Store):
             _write_generation(self.folder, previous, update)
 
 
+def _best(scores: np.ndarray, count: int) -> np.ndarray:
+    """Positions of the `count` highest scores, highest first."""
+    top = np.argpartition(-scores, count - 1)[:count] if len(scores) > count else np.arange(len(scores))
+    return top[np.argsort(-scores[top], kind="stable")]
+
+
 def current_generation(index_dir: str | Path) -> Path | None:
     """The folder of the live index generation, or None when nothing has been built."""
     pointer = Path(index_dir) / CURRENT_FILE
@@ -474,14 +480,23 @@ class EmbeddedReader(IndexReader):
         self.chunk_first = np.array([row[2] for row in chunks], dtype=np.int64)
         self.chunk_last = np.array([row[3] for row in chunks], dtype=np.int64)
 
-    def search(self, vector: np.ndarray, text: str, terms: Sequence[str], depth: int, limit: int) -> np.ndarray:
-        depth = min(depth, len(self.chunk_ids))
-        _, found = self.dense_search.search(vector[None, :], depth)
-        dense = found[0]
-        if self.manifest.get("approximate") is not None:
-            dense = np.where(dense >= 0, np.searchsorted(self.chunk_ids, dense), -1)
+    def search(
+        self, vector: np.ndarray, text: str, terms: Sequence[str], depth: int, limit: int,
+        articles: Sequence[int] | None = None,
+    ) -> np.ndarray:
+        inside = self._inside(articles)
+        if inside is None:
+            depth = min(depth, len(self.chunk_ids))
+            _, found = self.dense_search.search(vector[None, :], depth)
+            dense = found[0]
+            if self.manifest.get("approximate") is not None:
+                dense = np.where(dense >= 0, np.searchsorted(self.chunk_ids, dense), -1)
+        else:  # a scope: the exact search over its chunks
+            similarity = self.chunk_vectors[inside] @ vector
+            dense = inside[_best(similarity, depth)]
         scores = self.keywords["chunks"].scores(list(terms))
-        keyword = np.argsort(-scores)[:depth] if scores.any() else np.array([], dtype=np.int64)
+        rows = np.arange(len(scores)) if inside is None else inside
+        keyword = rows[np.argsort(-scores[rows])[:depth]] if scores[rows].any() else np.array([], dtype=np.int64)
         fused: dict[int, float] = {}
         for ranking in (dense, keyword):
             for rank, row in enumerate(ranking):
@@ -490,11 +505,23 @@ class EmbeddedReader(IndexReader):
         best = sorted(fused, key=fused.get, reverse=True)[:limit]
         return self.chunk_ids[np.array(best, dtype=np.int64)]
 
-    def keyword_search(self, text: str, terms: Sequence[str], depth: int) -> np.ndarray:
+    def keyword_search(
+        self, text: str, terms: Sequence[str], depth: int, articles: Sequence[int] | None = None
+    ) -> np.ndarray:
         scores = self.keywords["chunks"].scores(list(terms))
-        best = np.argpartition(-scores, depth - 1)[:depth] if len(scores) > depth else np.arange(len(scores))
-        best = best[np.argsort(-scores[best])]
+        inside = self._inside(articles)
+        if inside is not None:
+            kept = np.zeros_like(scores)
+            kept[inside] = scores[inside]
+            scores = kept
+        best = _best(scores, depth)
         return self.chunk_ids[best[scores[best] > 0]]
+
+    def _inside(self, articles: Sequence[int] | None) -> np.ndarray | None:
+        """The chunk rows of `articles`, or None for every chunk."""
+        if articles is None:
+            return None
+        return np.flatnonzero(np.isin(self.chunk_article, np.asarray(list(articles), dtype=np.int64)))
 
     def chunks(self, ids: Sequence[int] | None = None, articles: Sequence[int] | None = None) -> ChunkRows:
         if ids is not None:

@@ -324,6 +324,11 @@ def _visible(build: int, floor: int, retired: Sequence[int]) -> str:
     return " and ".join(clauses)
 
 
+def _within(visible: str, articles: Sequence[int] | None) -> str:
+    """`visible`, limited to the chunks of `articles` when given (a question's scope)."""
+    return visible if articles is None else f"{visible} and article in {sorted(int(a) for a in articles)}"
+
+
 def _literal(text: str) -> str:
     """A string literal for a Milvus filter expression."""
     return json.dumps(text, ensure_ascii=False)
@@ -521,18 +526,22 @@ class MilvusReader(IndexReader):
         self._frequencies: dict[str, tuple[int, int]] = {}
 
     @_translated
-    def search(self, vector: np.ndarray, text: str, terms: Sequence[str], depth: int, limit: int) -> np.ndarray:
+    def search(
+        self, vector: np.ndarray, text: str, terms: Sequence[str], depth: int, limit: int,
+        articles: Sequence[int] | None = None,
+    ) -> np.ndarray:
         depth, limit = min(int(depth), MAX_TOP_K), min(int(limit), MAX_TOP_K)
+        visible = _within(self._visible, articles)
         if depth <= 0 or limit <= 0:
             return np.zeros(0, dtype=np.int64)
         pymilvus = _pymilvus()
         requests = [
             pymilvus.AnnSearchRequest(
                 data=[np.asarray(vector, dtype=np.float32).tolist()], anns_field="vector",
-                param={"metric_type": DENSE_METRIC}, limit=depth, expr=self._visible,
+                param={"metric_type": DENSE_METRIC}, limit=depth, expr=visible,
             ),
             pymilvus.AnnSearchRequest(
-                data=[text], anns_field="sparse", param={"metric_type": "BM25"}, limit=depth, expr=self._visible,
+                data=[text], anns_field="sparse", param={"metric_type": "BM25"}, limit=depth, expr=visible,
             ),
         ]
         name = self._store.name("chunks", self._set)
@@ -541,7 +550,9 @@ class MilvusReader(IndexReader):
         return np.array([hit["id"] for hit in hits[0]], dtype=np.int64)
 
     @_translated
-    def keyword_search(self, text: str, terms: Sequence[str], depth: int) -> np.ndarray:
+    def keyword_search(
+        self, text: str, terms: Sequence[str], depth: int, articles: Sequence[int] | None = None
+    ) -> np.ndarray:
         depth = min(int(depth), MAX_TOP_K)
         if depth <= 0 or not text.strip():
             return np.zeros(0, dtype=np.int64)
@@ -549,7 +560,7 @@ class MilvusReader(IndexReader):
         self._store.ensure_loaded(name)
         hits = self._store.client().search(
             name, data=[text], anns_field="sparse", search_params={"metric_type": "BM25"}, limit=depth,
-            filter=self._visible,
+            filter=_within(self._visible, articles),
         )
         return np.array([hit["id"] for hit in hits[0] if hit["distance"] > 0], dtype=np.int64)
 
