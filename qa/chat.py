@@ -10,6 +10,7 @@ import tempfile
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline: Gradio must not phone home
@@ -30,6 +31,7 @@ MAX_NAME_CHARS = 120
 CHAT_CONCURRENCY = 4
 """Questions answered at once; index builds run one at a time beside them."""
 BUILD_CONCURRENCY_ID = "index-build"
+EXPORT_NAME = "qa-conversation.md"
 WATCH_REFRESH_SECONDS = 2.0
 """How often an open Articles tab shows the watcher's state afresh."""
 EXAMPLE_COUNT = 3
@@ -107,7 +109,11 @@ def build_app(articles_dir: str, store: str, watcher: FolderWatcher | None = Non
                             choices=[],
                             elem_id="qa-citations",
                         )
-                        new_chat = gr.Button("New conversation", size="sm", elem_id="qa-new-chat")
+                        with gr.Row():
+                            new_chat = gr.Button("New conversation", size="sm", elem_id="qa-new-chat")
+                            download = gr.DownloadButton(
+                                "Download conversation (Markdown)", size="sm", elem_id="qa-download", interactive=False
+                            )
                     with gr.Column(scale=2):
                         article_view = gr.HTML(
                             _hint_html(),
@@ -159,14 +165,19 @@ def build_app(articles_dir: str, store: str, watcher: FolderWatcher | None = Non
         def rebuild_index(progress=gr.Progress()):
             return _rebuild(articles_dir, store, progress, [])
 
+        def export(history: list[Turn]):
+            return _export(history, articles_root)
+
         chat_outputs = [question, turns, chatbot, citation_choice, article_view]
-        ask.click(ask_question, [question, turns, chatbot], chat_outputs)
-        question.submit(ask_question, [question, turns, chatbot], chat_outputs)
-        chatbot.example_select(ask_example, [turns, chatbot], chat_outputs)
+        ask.click(ask_question, [question, turns, chatbot], chat_outputs).then(export, [turns], [download])
+        question.submit(ask_question, [question, turns, chatbot], chat_outputs).then(export, [turns], [download])
+        chatbot.example_select(ask_example, [turns, chatbot], chat_outputs).then(export, [turns], [download])
         chatbot.select(choose_turn, [turns], [citation_choice, article_view])
         citation_choice.select(show_citation, [citation_choice, turns], [article_view])
         for clear in (new_chat.click, chatbot.clear):
-            clear(_new_conversation, None, [turns, chatbot, citation_choice, article_view], queue=False)
+            clear(_new_conversation, None, [turns, chatbot, citation_choice, article_view], queue=False).then(
+                export, [turns], [download], queue=False
+            )
 
         build_outputs = [status, index_state, articles_table]
         add.click(
@@ -291,6 +302,41 @@ def _choose_turn(history: list[Turn], event: gr.SelectData, articles_root: Path)
     if not 0 <= turn_number < len(history):
         return gr.skip(), gr.skip()
     return _citation_radio(turn_number, history[turn_number], articles_root), _hint_html()
+
+
+def conversation_markdown(history: list[Turn], articles_root: Path) -> str:
+    """The conversation as Markdown: each question, then each quote with its article's title, date, file and
+    character offsets (in the text `qa.article_text` gives), or the reason there is no answer. Text is written as it
+    stands, but for "<", written "&lt;" so that no Markdown viewer runs article text as HTML."""
+    lines = [f"# {TITLE}: conversation", "", f"Exported {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.", ""]
+    for number, turn in enumerate(history, start=1):
+        lines += [f"## {number}. {_inert(turn.question)}", ""]
+        if not turn.citations:
+            lines += [_inert(turn.text), ""]
+        for mark, citation in enumerate(turn.citations, start=1):
+            source = " · ".join(part for part in (citation.title, citation.date) if part)
+            lines += [
+                f"> {_inert(quoted(' '.join(citation.quote.split())))} [{mark}]",
+                "",
+                f"[{mark}] {_inert(source)} — `{_display_path(citation.path, articles_root)}`, "
+                f"characters {citation.start}–{citation.end}",
+                "",
+            ]
+    return "\n".join(lines)
+
+
+def _inert(text: str) -> str:
+    return " ".join(text.split()).replace("<", "&lt;")
+
+
+def _export(history: list[Turn], articles_root: Path):
+    """The download button, holding the conversation as a Markdown file (or disabled while it is empty)."""
+    if not history:
+        return gr.DownloadButton(value=None, interactive=False)
+    folder = Path(tempfile.mkdtemp(prefix="qa-conversation-"))
+    target = folder / EXPORT_NAME
+    target.write_text(conversation_markdown(history, articles_root), encoding="utf-8")
+    return gr.DownloadButton(value=str(target), interactive=True)
 
 
 def _new_conversation():

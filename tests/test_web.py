@@ -247,6 +247,14 @@ def test_chat_end_to_end(page, site: dict, tmp_path: Path) -> None:
     assert ABSTENTION in abstention and "[1]" not in abstention
     assert page.locator("#qa-citations label").count() == 0
 
+    page.wait_for_function("() => !document.querySelector('#qa-download').disabled")
+    with page.expect_download() as download:
+        page.click("#qa-download")
+    exported = Path(download.value.path()).read_text(encoding="utf-8")
+    assert download.value.suggested_filename.endswith(".md")
+    assert f"## 1. {LIMA_QUESTION}" in exported and "## 3. " in exported and ABSTENTION in exported
+    assert SEED_FILE in exported and "characters " in exported and "Trilateral Secretariat" in exported
+
     page.get_by_role("tab", name="Articles").click()
     index_state = page.locator("#qa-index-state").inner_text()
     assert "all-MiniLM-L6-v2" in index_state and "Articles: 2" in index_state
