@@ -14,7 +14,7 @@ import numpy as np
 
 from . import config
 from .articles import text_of
-from .followup import EarlierTurn, content_words, read_conversation
+from .followup import QUOTATION_MARKS, EarlierTurn, content_words, read_conversation
 from .retrieval import Focus, LoadedIndex, RankedSentence, load_index
 from .scope import Scope
 
@@ -34,7 +34,6 @@ MIN_OWN_WORDS = 2
 NEAR_DUPLICATE_COSINE = 0.95
 QUOTE_SCORE_MARGIN = 6.0
 """A further quote is added only while its ranker score (log-odds) is within this margin of the best."""
-QUOTATION_MARKS = "“”„‟\"'‘’«»"
 ABSTAIN_TEXT = "The articles do not say: nothing in the indexed articles answers this question."
 ABSTAIN_SCOPED_TEXT = "The articles in this scope do not say: nothing in them answers this question."
 

@@ -86,9 +86,7 @@ def find_article_files(articles_dir: str | Path) -> list[Path]:
 def check_article_bytes(data: bytes) -> str:
     """The text of an article file's bytes, as `read_text(encoding="utf-8")` gives it; raises ValueError saying why
     the bytes are not a usable article (used for files in the folder and for uploads alike)."""
-    _check_size(len(data))
-    if not data.strip():
-        raise ValueError("empty file")
+    _check_present(data)
     if b"\x00" in data:
         raise ValueError("not a text file (contains NUL bytes)")
     try:
@@ -110,9 +108,7 @@ def text_of(data: bytes, suffix: str) -> str:
     """The article text of a file's bytes (see `article_text`); raises ValueError saying why they are not usable."""
     if suffix.lower() not in PAGE_SUFFIXES:
         return check_article_bytes(data)
-    _check_size(len(data))
-    if not data.strip():
-        raise ValueError("empty file")
+    _check_present(data)
     digest = hashlib.sha256(data).hexdigest()
     if digest not in _page_texts:
         if len(_page_texts) >= MAX_REMEMBERED_PAGES:
@@ -151,6 +147,13 @@ def _read_article_bytes(path: Path, root: Path) -> bytes:
         raise ValueError("a link to a file outside the articles folder; copy the file in instead")
     _check_size(path.stat().st_size)  # before reading: a 20 MB dump is refused without loading it
     return path.read_bytes()
+
+
+def _check_present(data: bytes) -> None:
+    """Raise ValueError for a file too large to be an article, or one with nothing in it."""
+    _check_size(len(data))
+    if not data.strip():
+        raise ValueError("empty file")
 
 
 def _check_size(size: int) -> None:

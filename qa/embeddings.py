@@ -208,12 +208,16 @@ class Embedder:
 
 def _onnx_session(model, model_name: str, graph: str):
     """Load one graph (FLOAT_FILE or INT8_FILE) of the model's ONNX export, exporting it first if not cached."""
+    return _inference_session(_onnx_export(model, model_name) / graph)
+
+
+def _inference_session(graph: Path):
+    """An ONNX Runtime session on one graph file, fully optimised, on the CPU."""
     import onnxruntime
 
-    target = _onnx_export(model, model_name) / graph
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return onnxruntime.InferenceSession(str(target), options, providers=["CPUExecutionProvider"])
+    return onnxruntime.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
 
 
 def _check_exportable(model, model_name: str) -> None:
@@ -309,7 +313,6 @@ class QueryEncoder:
     model's (cosine 0.9999 and more with PyTorch's on the float32 graph) without importing PyTorch (8 s) at all."""
 
     def __init__(self, folder: Path, backend: str):
-        import onnxruntime
         from tokenizers import Tokenizer
 
         settings = json.loads((folder / SETTINGS_FILE).read_text(encoding="utf-8"))
@@ -317,10 +320,7 @@ class QueryEncoder:
         self.tokenizer = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(max_length=settings["max_tokens"])
-        options = onnxruntime.SessionOptions()
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        graph = folder / (INT8_FILE if backend == "onnx" else FLOAT_FILE)
-        self.session = onnxruntime.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+        self.session = _inference_session(folder / (INT8_FILE if backend == "onnx" else FLOAT_FILE))
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """(n, dim) unit vectors, mean-pooled over each text's tokens."""

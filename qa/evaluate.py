@@ -131,7 +131,7 @@ def _counted_quotes(question: Question, reply: Answer, top_k: int) -> list[str]:
     """The first `top_k` quotes, keeping only those from the question's own story when it names one."""
     citations = reply.citations[:top_k]
     if question.story:
-        citations = [c for c in citations if Path(c.path).name == question.story]
+        citations = [c for c in citations if _in_story(c, question.story)]
     return [normalize(c.quote) for c in citations]
 
 
@@ -146,7 +146,11 @@ def is_hit(question: Question, reply: Answer, top_k: int = config.MAX_QUOTES) ->
 
 def from_story(question: Question, reply: Answer, top_k: int = config.MAX_QUOTES) -> bool:
     """Whether one of the first `top_k` quotes comes from the question's own story file."""
-    return any(Path(c.path).name == question.story for c in reply.citations[:top_k])
+    return any(_in_story(c, question.story) for c in reply.citations[:top_k])
+
+
+def _in_story(citation, story: str) -> bool:
+    return Path(citation.path).name == story
 
 
 def citation_is_intact(citation) -> bool:

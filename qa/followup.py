@@ -74,7 +74,8 @@ _SENTENCE_OPENING = re.compile(r"[.!?…:;“\"(\n]")
 _CONTRACTION = re.compile(r"['’](s|re|ve|ll|d|m)$")
 _CITED_QUOTE = re.compile(r"(.+?)\s*\[\d+\](?:\n|$)")
 """A quote of qa's answer text, up to its citation mark (one quote a line)."""
-_WRAPPING_MARKS = "“”\"'‘’«»„‟ "
+QUOTATION_MARKS = "“”„‟\"'‘’«»"
+"""Marks that open or close a quotation."""
 _TYPOGRAPHIC = str.maketrans({"‘": "'", "’": "'", "‚": "'", "“": '"', "”": '"', "„": '"', "′": "'", "″": '"'})
 _SPACE_RUN = re.compile(r"\s+")
 
@@ -176,7 +177,7 @@ def _cited_places(index: LoadedIndex, turn: EarlierTurn) -> list[tuple[int, int]
 def _located_places(index: LoadedIndex, turn: EarlierTurn) -> list[tuple[int, int]]:
     """The (article, position) of the sentences that hold a plain-text answer, among the articles its turn's words
     lead to."""
-    quotes = [quote.strip(_WRAPPING_MARKS) for quote in _CITED_QUOTE.findall(turn.answer)]
+    quotes = [quote.strip(QUOTATION_MARKS + " ") for quote in _CITED_QUOTE.findall(turn.answer)]
     pieces = [_word_key(piece) for piece in (quotes or [turn.answer])]
     pieces = [piece for piece in pieces if len(piece) >= MIN_LOCATED_CHARS + 2]
     if not pieces:

@@ -59,11 +59,6 @@ class TermCounts:
         counts.sum_duplicates()
         return cls(counts, terms)
 
-    def tokens(self, row: int) -> list[str]:
-        """The terms of one row, each repeated as often as it occurs."""
-        start, end = self.counts.indptr[row], self.counts.indptr[row + 1]
-        return [str(t) for t, n in zip(self.terms[self.counts.indices[start:end]], self.counts.data[start:end]) for _ in range(int(n))]
-
     @classmethod
     def stack(cls, parts: list[TermCounts]) -> TermCounts:
         """One matrix with the rows of all parts, in order, over the union of their terms."""

@@ -15,7 +15,7 @@ import numpy as np
 
 from .keywords import TermCounts, bm25_terms, query_terms
 from .scope import Scope
-from .store import ChunkRows, IndexCorruptError, IndexReader, SentenceRows, open_store
+from .store import ChunkRows, IndexCorruptError, IndexReader, KeywordStats, SentenceRows, open_store
 
 logger = logging.getLogger(__name__)
 
@@ -201,13 +201,17 @@ class LoadedIndex:
             nothing = np.zeros(0, dtype=np.float32)
             return Candidates(self.reader.sentences([]), np.zeros((0, len(FEATURES)), np.float32), nothing, nothing)
         chunk_dense = chunks.vectors @ query_vector
-        chunk_keyword = self._keyword_scores("chunks", chunks.terms, tokens)
-        chunk_coverage = self._coverage(tokens, chunks.terms)
+        chunk_terms, chunk_stats = self._term_scores("chunks", chunks.terms, tokens)
+        chunk_keyword = chunk_terms @ _repeats(tokens)
+        chunk_coverage = _coverage(chunk_terms, chunk_stats)
         sentences = self.reader.sentences(list(zip(chunks.article.tolist(), chunks.first.tolist(), chunks.last.tolist())))
         context = _best_chunk_per_sentence(sentences, chunks, np.stack([chunk_dense, chunk_keyword, chunk_coverage], 1))
         sentence_dense = sentences.vectors @ query_vector
-        sentence_keyword = self._keyword_scores("sentences", sentences.terms, tokens)
-        own_keyword = sentence_keyword if asked == question else self._keyword_scores("sentences", sentences.terms, own_tokens)
+        sentence_keyword = self._term_scores("sentences", sentences.terms, tokens)[0] @ _repeats(tokens)
+        own_keyword = (
+            sentence_keyword if asked == question
+            else self._term_scores("sentences", sentences.terms, own_tokens)[0] @ _repeats(own_tokens)
+        )
         texts = sentences.text
         article_focus = np.array([focus.articles.get(int(a), 0.0) for a in sentences.article], dtype=np.float32)
         at_anchor, near_anchor, after_anchor = _anchor_features(sentences, focus.anchors)
@@ -247,29 +251,31 @@ class LoadedIndex:
         tokens = list(query_terms(text))
         if not tokens:
             return 1.0
-        return float(self._coverage(tokens, self.reader.chunks(articles=[article_id]).terms).max(initial=0.0))
+        per_term, stats = self._term_scores("chunks", self.reader.chunks(articles=[article_id]).terms, tokens)
+        return float(_coverage(per_term, stats).max(initial=0.0))
 
-    def _keyword_scores(self, kind: str, rows: TermCounts, tokens: list[str]) -> np.ndarray:
-        """BM25 of `tokens` (repeats count again) for each row, with the statistics of the whole index."""
-        unique, repeats = np.unique(np.array(tokens, dtype=str), return_counts=True)
-        if not len(unique):
-            return np.zeros(rows.counts.shape[0], dtype=np.float32)
-        stats = self.reader.keyword_stats(kind, unique.tolist())
-        per_term = bm25_terms(rows, unique.tolist(), stats.frequencies, stats.rows, stats.average_length)
-        return per_term @ repeats.astype(np.float32)
+    def _term_scores(self, kind: str, rows: TermCounts, tokens: list[str]) -> tuple[np.ndarray, KeywordStats]:
+        """(rows x distinct tokens, in sorted order) BM25 contributions of each token, with the statistics of the
+        whole index, and those statistics."""
+        terms = sorted(set(tokens))
+        stats = self.reader.keyword_stats(kind, terms)
+        return bm25_terms(rows, terms, stats.frequencies, stats.rows, stats.average_length), stats
 
-    def _coverage(self, tokens: list[str], chunks: TermCounts) -> np.ndarray:
-        """For each chunk, the share of the question's term weight (IDF) that it contains; a term found
-        nowhere in the articles weighs as much as the rarest term there."""
-        unique = list(dict.fromkeys(tokens))
-        if not unique:
-            return np.zeros(chunks.counts.shape[0], dtype=np.float32)
-        stats = self.reader.keyword_stats("chunks", unique)
-        frequency = stats.frequencies.astype(np.float64)
-        rarest = np.log(1 + (stats.rows - 0.5) / 1.5)
-        weight = np.where(frequency > 0, np.log(1 + (stats.rows - frequency + 0.5) / (frequency + 0.5)), rarest)
-        present = bm25_terms(chunks, unique, stats.frequencies, stats.rows, stats.average_length) > 0
-        return ((present @ weight) / weight.sum()).astype(np.float32)
+
+def _repeats(tokens: list[str]) -> np.ndarray:
+    """How often each distinct token (in sorted order) occurs among `tokens`: repeats count again in BM25."""
+    return np.unique(np.array(tokens, dtype=str), return_counts=True)[1].astype(np.float32)
+
+
+def _coverage(per_term: np.ndarray, stats: KeywordStats) -> np.ndarray:
+    """For each row, the share of the question's term weight (IDF) that it contains, from its per-term BM25 scores;
+    a term found nowhere in the articles weighs as much as the rarest term there."""
+    if not per_term.shape[1]:
+        return np.zeros(per_term.shape[0], dtype=np.float32)
+    frequency = stats.frequencies.astype(np.float64)
+    rarest = np.log(1 + (stats.rows - 0.5) / 1.5)
+    weight = np.where(frequency > 0, np.log(1 + (stats.rows - frequency + 0.5) / (frequency + 0.5)), rarest)
+    return (((per_term > 0) @ weight) / weight.sum()).astype(np.float32)
 
 
 def _joined(first: ChunkRows, second: ChunkRows) -> ChunkRows:

@@ -57,17 +57,6 @@ class Scope:
                 return False
         return True
 
-    def describe(self) -> str:
-        """The scope in words, as the chat and `qa ask` show it."""
-        parts = []
-        if self.folder:
-            parts.append(f"folder {self.folder}/")
-        if self.since or self.until:
-            parts.append(f"dated {self.since or '…'} to {self.until or '…'}")
-        if self.articles is not None:
-            parts.append(f"{len(self.articles)} chosen article{'s' if len(self.articles) != 1 else ''}")
-        return ", ".join(parts)
-
 
 @lru_cache(maxsize=100_000)
 def published_on(text: str | None) -> date | None:

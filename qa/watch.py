@@ -39,19 +39,14 @@ class FolderWatcher:
         self.store = store
         self.watching = watch
         self.status = WatchStatus()
-        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="qa-watch", daemon=True)
 
     def start(self) -> FolderWatcher:
         self._thread.start()
         return self
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
     def wait(self) -> None:
-        """Block until stopped (Ctrl-C stops `qa index --watch`)."""
+        """Block until interrupted (Ctrl-C stops `qa index --watch`)."""
         while self._thread.is_alive():
             self._thread.join(timeout=0.5)
 
@@ -63,7 +58,7 @@ class FolderWatcher:
             return
         for changes in watchfiles.watch(
             self.articles_dir, watch_filter=_article_files, debounce=LONGEST_BATCH_MS, step=QUIET_MS,
-            stop_event=self._stop, raise_interrupt=False,
+            raise_interrupt=False,
         ):
             logger.info("%d changes in %s", len(changes), self.articles_dir)
             self.update()

@@ -17,6 +17,7 @@ from ..chunks import Chunk
 from ..keywords import TermCounts
 
 MILVUS_SCHEME = "milvus:"
+SERVER_SCHEMES = ("http://", "https://")
 KINDS = ("chunks", "sentences")
 RRF_K = 60
 """Reciprocal rank fusion's constant: a chunk scores the sum of 1 / (RRF_K + rank) over the rankings that hold it."""
@@ -92,14 +93,6 @@ class SentenceRows:
 
     def __len__(self) -> int:
         return len(self.ids)
-
-    def take(self, selected: np.ndarray) -> SentenceRows:
-        """The rows at the positions `selected`, in that order."""
-        return SentenceRows(
-            self.ids[selected], self.article[selected], self.position[selected], self.start[selected],
-            self.end[selected], [self.text[i] for i in selected], [self.sha1[i] for i in selected],
-            self.vectors[selected], self.terms.rows(selected),
-        )
 
 
 @dataclass(frozen=True)
@@ -217,7 +210,7 @@ def open_store(store: str | os.PathLike | None = None, index_dir: str | os.PathL
     location = config.store_location(store, index_dir)
     with _stores_lock:
         if location not in _stores:
-            if location.startswith(MILVUS_SCHEME) or location.startswith(("http://", "https://")):
+            if location.startswith((MILVUS_SCHEME, *SERVER_SCHEMES)):
                 from .milvus import MilvusStore
 
                 _stores[location] = MilvusStore(location)

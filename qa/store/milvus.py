@@ -29,6 +29,7 @@ from . import (
     KINDS,
     MILVUS_SCHEME,
     RRF_K,
+    SERVER_SCHEMES,
     ArticleRecord,
     ChunkRows,
     IndexCorruptError,
@@ -46,7 +47,6 @@ logger = logging.getLogger(__name__)
 PREFIX_ENV = "QA_MILVUS_PREFIX"
 TOKEN_ENV = "QA_MILVUS_TOKEN"
 DEFAULT_PREFIX = "qa"
-SERVER_SCHEMES = ("http://", "https://")
 LITE_SUFFIX = ".db"
 LITE_NAME = re.compile(r"^[A-Za-z0-9.\-_]{1,36}$")
 """What milvus-lite accepts as a file name: these characters, at most 36 of them."""

@@ -13,11 +13,11 @@ import numpy as np
 from scipy import sparse
 
 from ..keywords import TermCounts
+from . import KINDS
 
 logger = logging.getLogger(__name__)
 
 SEGMENT_SUFFIX = ".npz"
-KINDS = ("chunks", "sentences")
 
 
 class SegmentError(ValueError):
