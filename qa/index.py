@@ -15,6 +15,7 @@ from tqdm import tqdm
 from . import config
 from .articles import Article, SkippedFile, read_articles, require_folder
 from .chunks import chunk_article, sentence_text
+from .retrieval import load_index
 from .store import FORMAT_VERSION, EmbeddedArticle, IndexInfo, Update, open_store
 
 logger = logging.getLogger(__name__)
@@ -194,8 +195,9 @@ def _mean_unit(vectors: list[np.ndarray]) -> np.ndarray:
 
 
 def describe_index(index_dir: str | os.PathLike | None = None, store: str | None = None) -> IndexSummary:
-    """What the live index holds: model, build time, counts and the list of articles."""
-    reader = open_store(store, index_dir).open()
+    """What the live index holds: model, build time, counts and the list of articles (read from the state answers
+    are given from, loaded once per process)."""
+    reader = load_index(index_dir, store).reader
     return IndexSummary(
         **vars(reader.info),
         articles=[IndexedArticle(a.path, a.title, a.date, a.chunks) for a in reader.articles()],
