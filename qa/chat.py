@@ -283,29 +283,24 @@ def build_app(articles_dir: str, store: str, watcher: FolderWatcher | None = Non
         def delete_article(path: str | None, text: str, sort: str, number: int, chosen: list[str] | None,
                            progress=gr.Progress()):
             try:
-                notes = [delete_file(articles_root, path)] if path else []
+                done = delete_file(articles_root, path) if path else "Pick an article in the table first."
             except ValueError as error:
-                notes = [str(error)]
-            rebuilt = _rebuild(articles_dir, store, progress, notes)
-            return (
-                *rebuilt[:2],
-                gr.update(visible=False),
-                None,
-                _hint_html(LIBRARY_HINT),
-                *_catalog_views(store, articles_root, text, sort, number),
-                *_scope_choices(store, [chosen_path for chosen_path in chosen or [] if chosen_path != path]),
-            )
+                done = str(error)
+                gr.Warning(done)
+            message = _status([done]) + "\n" + _rebuild(articles_dir, store, progress, [])
+            kept = [chosen_path for chosen_path in chosen or [] if chosen_path != path]
+            return message, gr.update(visible=False), None, _hint_html(LIBRARY_HINT), *refresh(text, sort, number, kept)
 
-        def add_articles(files: list[str] | None, overwrite: bool, progress=gr.Progress()):
+        def add_articles(files: list[str] | None, overwrite: bool, *views: object, progress=gr.Progress()):
             saved, problems = save_uploads(files or [], articles_root, overwrite)
             if not saved:
                 message = problems or ["Choose one or more .txt, .md or .html files first."]
                 gr.Warning(" ".join(message))
-                return _status(message), _index_summary(store), None
-            return (*_rebuild(articles_dir, store, progress, problems), None)
+                return _status(message), *refresh(*views), None
+            return _rebuild(articles_dir, store, progress, problems), *refresh(*views), None
 
-        def rebuild_index(progress=gr.Progress()):
-            return _rebuild(articles_dir, store, progress, [])
+        def rebuild_index(*views: object, progress=gr.Progress()):
+            return _rebuild(articles_dir, store, progress, []), *refresh(*views)
 
         def export(history: list[Turn]):
             return _export(history, articles_root)
@@ -338,7 +333,7 @@ def build_app(articles_dir: str, store: str, watcher: FolderWatcher | None = Non
         clear_scope.click(lambda: (ALL_FOLDERS, "", "", []), None, scope_inputs, queue=False)
 
         catalog_outputs = [articles_table, page_line, page_number, page_paths]
-        search.input(lambda text, sort: show_page(text, sort, 0), [search, order], catalog_outputs,
+        search.change(lambda text, sort: show_page(text, sort, 0), [search, order], catalog_outputs,
                      trigger_mode="always_last")
         order.change(lambda text, sort: show_page(text, sort, 0), [search, order], catalog_outputs)
         previous_page.click(lambda text, sort, n: show_page(text, sort, n - 1), [search, order, page_number],
@@ -351,25 +346,25 @@ def build_app(articles_dir: str, store: str, watcher: FolderWatcher | None = Non
         cancel_delete.click(lambda: gr.update(visible=False), None, [confirm_row], queue=False)
 
         views = [index_state, *catalog_outputs, scope_folder, scope_articles]
+        view_inputs = [search, order, page_number, scope_articles]
         confirm_delete.click(
             delete_article,
-            [selected_path, search, order, page_number, scope_articles],
-            [status, index_state, confirm_row, selected_path, library_view, *catalog_outputs, scope_folder,
-             scope_articles],
+            [selected_path, *view_inputs],
+            [status, confirm_row, selected_path, library_view, *views],
             concurrency_limit=1,
             concurrency_id=BUILD_CONCURRENCY_ID,
         )
         add.click(
             add_articles,
-            [uploads, replace],
-            [status, index_state, uploads],
+            [uploads, replace, *view_inputs],
+            [status, *views, uploads],
             concurrency_limit=1,
             concurrency_id=BUILD_CONCURRENCY_ID,
-        ).then(refresh, [search, order, page_number, scope_articles], views)
+        )
         rebuild.click(
-            rebuild_index, None, [status, index_state], concurrency_limit=1, concurrency_id=BUILD_CONCURRENCY_ID
-        ).then(refresh, [search, order, page_number, scope_articles], views)
-        app.load(refresh, [search, order, page_number, scope_articles], views).then(
+            rebuild_index, view_inputs, [status, *views], concurrency_limit=1, concurrency_id=BUILD_CONCURRENCY_ID
+        )
+        app.load(refresh, view_inputs, views).then(
             describe_scope, scope_inputs, [scope_line]
         )
         app.load(restore, [remembered], [turns, chatbot, citation_choice, article_view]).then(
@@ -751,8 +746,8 @@ def _store(articles_root: Path, name: str, data: bytes, overwrite: bool) -> bool
     return True
 
 
-def _rebuild(articles_dir: str, store: str, progress: gr.Progress, notes: list[str]) -> tuple[str, str]:
-    """Update the index incrementally; returns the status message and the index state line."""
+def _rebuild(articles_dir: str, store: str, progress: gr.Progress, notes: list[str]) -> str:
+    """Update the index incrementally; returns the status message."""
     progress(0, desc="Reading articles")
     try:
         report = build_index(
@@ -764,7 +759,7 @@ def _rebuild(articles_dir: str, store: str, progress: gr.Progress, notes: list[s
         logger.exception("index build failed")
         message = f"Index update failed: {error}. The previous index is still answering."
         gr.Warning(message)
-        return _status([*notes, message]), _index_summary(store)
+        return _status([*notes, message])
     lines = [
         f"Index updated in {report.seconds:.1f} s: {report.added} added, {report.updated} updated, "
         f"{report.removed} removed, {report.unchanged} unchanged; {report.chunks_embedded} chunks embedded.",
@@ -773,7 +768,7 @@ def _rebuild(articles_dir: str, store: str, progress: gr.Progress, notes: list[s
     ]
     if notes or report.skipped:
         gr.Warning(" ".join(lines[1:]))
-    return _status(lines), _index_summary(store)
+    return _status(lines)
 
 
 def _status(lines: Sequence[str]) -> str:

@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -91,12 +92,10 @@ def _festival_article() -> str:
     return _article("Harbour festival closes with a lantern regatta", [*filler, f"{FESTIVAL_FACT}, the organisers said."])
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    """A running `qa serve` on a copy of the seeds with a freshly built index; yields its URL and folders."""
-    work = tmp_path_factory.mktemp("web")
+@contextmanager
+def _serving(work: Path) -> Iterator[dict]:
+    """A running `qa serve` on `work/articles` with a freshly built index; yields its URL and folders."""
     articles, index, log = work / "articles", work / "index", work / "serve.log"
-    shutil.copytree(SEEDS, articles)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "QA_AUTH": ""}
     cli = [sys.executable, "-m", "qa.cli"]
     subprocess.run([*cli, "index", "--articles", str(articles), "--index", str(index)], check=True, env=env, cwd=ROOT)
@@ -123,7 +122,16 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
 
 
 @pytest.fixture(scope="module")
-def page(site: dict):
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """The chat on a copy of the seeds."""
+    work = tmp_path_factory.mktemp("web")
+    shutil.copytree(SEEDS, work / "articles")
+    with _serving(work) as served:
+        yield served
+
+
+@contextmanager
+def _browser_tab(site: dict):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -137,6 +145,12 @@ def page(site: dict):
         tab.qa_errors = errors
         yield tab
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(site: dict):
+    with _browser_tab(site) as tab:
+        yield tab
 
 
 def _ask(page, question: str) -> str:
@@ -299,3 +313,204 @@ def test_chat_end_to_end(page, site: dict, tmp_path: Path) -> None:
     page.get_by_role("tab", name="Chat").click()
     assert "nine hundred tonnes" in _ask(page, DISK_QUESTION), "the chat uses the rebuilt index without a restart"
     assert not page.qa_errors, page.qa_errors
+
+
+BBC = ROOT.parent / "shared" / "corpora" / "bbc"
+BBC_PER_CATEGORY = 60
+BBC_CATEGORIES = ("business", "entertainment", "politics", "sport", "tech")
+PAGES = ROOT / "tests" / "pages"
+COLLECTION_SIZE = 2 + BBC_PER_CATEGORY * len(BBC_CATEGORIES) + 2
+ARTICLES_SCREENSHOT = ROOT / "docs" / "articles.png"
+SCOPED_SCREENSHOT = ROOT / "docs" / "scoped-answer.png"
+BUSINESS = "bbc/business"
+BUSINESS_QUESTION = "How much did quarterly profits at TimeWarner jump?"
+PAGE_FILE = "saved/tidal-barrier.html"
+PAGE_QUESTION = "How much did the tidal barrier in Port Aldren cost?"
+PAGE_FACT = "420 million euros"
+PAGE_FURNITURE = ["Accept all", "Most read", "All rights reserved"]
+OLDEST_FILE = "saved/rail-strike.htm"
+SCOPED_ABSTENTION = "The articles in this scope do not say"
+AFTER_THE_SEEDS = "2025-01-01"
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """The chat on the seeds, 300 BBC stories in their category folders and two saved news pages."""
+    if not BBC.is_dir():
+        pytest.skip(f"the collection test reads the BBC stories from {BBC}")
+    work = tmp_path_factory.mktemp("collection")
+    articles = work / "articles"
+    shutil.copytree(SEEDS, articles)
+    shutil.copytree(PAGES, articles / "saved")
+    for category in BBC_CATEGORIES:
+        target = articles / "bbc" / category
+        target.mkdir(parents=True)
+        for story in sorted((BBC / category).glob("*.txt"))[:BBC_PER_CATEGORY]:
+            shutil.copy(story, target / story.name)
+    with _serving(work) as served:
+        yield served
+
+
+def _page_line(page) -> str:
+    return page.locator("#qa-page").inner_text()
+
+
+def _search(page, words: str, expected: str) -> str:
+    """Search the Articles tab; returns the line saying how many articles match, once it says `expected`."""
+    page.fill("#qa-article-search input, #qa-article-search textarea", words)
+    _page_line_says(page, expected)
+    return _page_line(page)
+
+
+def _page_line_says(page, text: str) -> None:
+    page.wait_for_function(
+        "(text) => document.querySelector('#qa-page').innerText.includes(text)", arg=text, timeout=ANSWER_MS
+    )
+
+
+def _table_files(page) -> list[str]:
+    """The File column of the Articles table, top to bottom."""
+    cells = page.evaluate(
+        """() => [...document.querySelectorAll('#qa-articles [role=gridcell][data-col="2"]')]
+            .map(cell => [Number(cell.dataset.row), cell.innerText.trim()])"""
+    )
+    return [text for _, text in sorted(cells)]
+
+
+def _choose(page, dropdown: str, option: str) -> None:
+    """Pick `option` in a Gradio dropdown."""
+    page.click(f"{dropdown} input")
+    page.fill(f"{dropdown} input", option)
+    page.locator(f'{dropdown} [role=option][aria-label="{option}"]').click()
+
+
+def _scope_line_says(page, text: str) -> None:
+    page.wait_for_function(
+        "(text) => document.querySelector('#qa-scope').innerText.includes(text)", arg=text, timeout=ANSWER_MS
+    )
+
+
+def _cited_files(page) -> list[str]:
+    """The files of the last answer's citations, as the citation chooser lists them."""
+    return [label.split(" · ")[-1].strip() for label in page.locator("#qa-citations label").all_inner_texts()]
+
+
+def _save_page(page, path: Path) -> None:
+    """Save the whole page, from its top, as one of the README's screenshots."""
+    path.parent.mkdir(exist_ok=True)
+    page.evaluate("() => window.scrollTo(0, 0)")
+    page.screenshot(path=str(path), full_page=True)
+
+
+def _click_citation_number(page, containing: str) -> str:
+    """Click the number of the last answer's quote that contains `containing`; returns the highlighted passage."""
+    reply = page.locator("#qa-chat .message.bot").last
+    blocks = [block for block in reply.inner_text().split("[") if "]" in block]
+    number = next(block.split("]")[0] for block in blocks if containing.lower() in block.lower())
+    reply.locator(f'a[href$="-{number}"]').click()
+    page.wait_for_function(
+        "(text) => { const mark = document.querySelector('#qa-article mark');"
+        " return mark && mark.innerText.toLowerCase().includes(text); }",
+        arg=containing.lower(),
+        timeout=ANSWER_MS,
+    )
+    return page.locator("#qa-article mark").inner_text()
+
+
+def test_a_collection_in_the_chat(collection: dict) -> None:
+    with _browser_tab(collection) as page:
+        page.get_by_role("tab", name="Articles").click()
+        _page_line_says(page, "page 1 of")
+        assert f"Articles: {COLLECTION_SIZE}" in page.locator("#qa-index-state").inner_text()
+        assert f"of {COLLECTION_SIZE}" in _page_line(page) and "page 1 of 13" in _page_line(page)
+        page.click("#qa-next-page")
+        _page_line_says(page, "page 2 of 13")
+
+        _choose(page, "#qa-article-sort", "Oldest first")
+        _page_line_says(page, "page 1 of 13")
+        assert _table_files(page)[0] == OLDEST_FILE, "sorted by date, the oldest dated article comes first"
+
+        found = _search(page, "port ALDREN", "matching")
+        assert "of 1 matching" in found, found
+        assert _table_files(page) == [PAGE_FILE], "found by words of its text, not only of its title"
+        page.click('#qa-articles [data-testid="cell-0-0"]')
+        page.wait_for_function(
+            "(fact) => document.querySelector('#qa-library-article').innerText.includes(fact)", arg=PAGE_FACT
+        )
+        shown = page.locator("#qa-library-article").inner_text()
+        assert not any(furniture in shown for furniture in PAGE_FURNITURE), "the page's extracted article is shown"
+
+        doomed = f"{BUSINESS}/002.txt"
+        _search(page, "", "page 1 of 13")
+        _choose(page, "#qa-article-sort", "File")
+        page.wait_for_function(
+            "(file) => document.querySelector('#qa-articles [data-testid=\"cell-0-2\"]').innerText.trim() === file",
+            arg=SEED_FILE,
+        )
+        doomed_cell = page.locator("#qa-articles [role=gridcell]", has_text=doomed).first
+        doomed_cell.wait_for(timeout=ANSWER_MS)
+        doomed_cell.click()
+        page.wait_for_function(
+            "(file) => document.querySelector('#qa-library-article .qa-article-head').innerText.includes(file)",
+            arg=doomed,
+        )
+        page.click("#qa-delete")
+        page.locator("#qa-delete-confirm").wait_for(timeout=ANSWER_MS)
+        page.wait_for_function(
+            "(file) => document.querySelector('#qa-delete-question').innerText.includes(file)", arg=doomed
+        )
+        page.click("#qa-delete-cancel")
+        assert (collection["articles"] / doomed).exists(), "cancelling keeps the file"
+        page.click("#qa-delete")
+        status = _press_and_wait(page, "#qa-delete-confirm")
+        assert f"Deleted {doomed}" in status and "1 removed" in status, status
+        assert not (collection["articles"] / doomed).exists()
+        assert f"Articles: {COLLECTION_SIZE - 1}" in page.locator("#qa-index-state").inner_text()
+        _search(page, "", "page 1 of 13")
+        page.click('#qa-articles [data-testid="cell-0-0"]')
+        page.wait_for_function("() => !document.querySelector('#qa-library-article .qa-hint')")
+        _save_page(page, ARTICLES_SCREENSHOT)
+
+        page.get_by_role("tab", name="Chat").click()
+        page.click("#qa-scope-controls button, #qa-scope-controls .label-wrap")
+        _choose(page, "#qa-scope-folder", BUSINESS)
+        _scope_line_says(page, f"the folder {BUSINESS}")
+        reply = _ask(page, BUSINESS_QUESTION)
+        assert "76%" in reply, reply
+        files = _cited_files(page)
+        assert files and all(file.startswith(BUSINESS + "/") for file in files), files
+        page.locator("#qa-chat a[href$='-1']").last.click()
+        page.locator("#qa-article mark").wait_for(timeout=ANSWER_MS)
+        _save_page(page, SCOPED_SCREENSHOT)
+
+        page.click("#qa-scope-clear")
+        _scope_line_says(page, "all ")
+        page.fill("#qa-scope-since input, #qa-scope-since textarea", AFTER_THE_SEEDS)
+        _scope_line_says(page, f"dated from {AFTER_THE_SEEDS}")
+        reply = _ask(page, LIMA_QUESTION)
+        assert SCOPED_ABSTENTION in reply and "[1]" not in reply, reply
+
+        page.click("#qa-scope-clear")
+        _scope_line_says(page, "all ")
+        reply = _ask(page, PAGE_QUESTION)
+        assert PAGE_FACT in reply and PAGE_FILE in reply, reply
+        passage = _click_citation_number(page, PAGE_FACT)
+        assert PAGE_FACT in passage
+        article = page.locator("#qa-article").inner_text()
+        assert "Harbour city opens tidal barrier" in article
+        assert not any(furniture in article for furniture in PAGE_FURNITURE), "the quote is shown in the extracted text"
+        assert _mark_is_in_view(page)
+
+        page.wait_for_function("() => !document.querySelector('#qa-download').disabled")
+        with page.expect_download() as download:
+            page.click("#qa-download")
+        exported = Path(download.value.path()).read_text(encoding="utf-8")
+        assert f"## 1. {BUSINESS_QUESTION}" in exported and f"## 3. {PAGE_QUESTION}" in exported
+        assert SCOPED_ABSTENTION in exported and PAGE_FILE in exported and PAGE_FACT in exported
+
+        page.reload(wait_until="domcontentloaded")
+        page.wait_for_function("() => document.querySelectorAll('#qa-chat .message.bot').length === 3",
+                               timeout=ANSWER_MS)
+        assert PAGE_FACT in page.locator("#qa-chat .message.bot").last.inner_text(), "a reload keeps the conversation"
+        assert PAGE_FACT in _click_citation_number(page, PAGE_FACT)
+        assert not page.qa_errors, page.qa_errors
