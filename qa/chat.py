@@ -223,10 +223,14 @@ def build_app(articles_dir: str, store: str, watcher: FolderWatcher | None = Non
 
         scope_inputs = [scope_folder, scope_since, scope_until, scope_articles]
 
-        def ask_question(text: str, history: list[Turn], messages: list[dict], *scope: object):
+        def ask_question(text: str, history: list[Turn], messages: list[dict], folder: str = ALL_FOLDERS,
+                         since: str | None = None, until: str | None = None, chosen: list[str] | None = None):
+            scope = (folder, since, until, chosen)
             yield from _respond(text, history, messages, store, articles_root, watcher, scope)
 
-        def ask_example(history: list[Turn], messages: list[dict], *scope: object, event: gr.SelectData):
+        def ask_example(history: list[Turn], messages: list[dict], folder: str, since: str, until: str,
+                        chosen: list[str], event: gr.SelectData):
+            scope = (folder, since, until, chosen)
             yield from _respond(event.value.get("text", ""), history, messages, store, articles_root, watcher, scope)
 
         def show_citation(choice: str | None, history: list[Turn]) -> str:
@@ -291,16 +295,17 @@ def build_app(articles_dir: str, store: str, watcher: FolderWatcher | None = Non
             kept = [chosen_path for chosen_path in chosen or [] if chosen_path != path]
             return message, gr.update(visible=False), None, _hint_html(LIBRARY_HINT), *refresh(text, sort, number, kept)
 
-        def add_articles(files: list[str] | None, overwrite: bool, *views: object, progress=gr.Progress()):
+        def add_articles(files: list[str] | None, overwrite: bool, text: str, sort: str, number: int,
+                         chosen: list[str] | None, progress=gr.Progress()):
             saved, problems = save_uploads(files or [], articles_root, overwrite)
             if not saved:
                 message = problems or ["Choose one or more .txt, .md or .html files first."]
                 gr.Warning(" ".join(message))
-                return _status(message), *refresh(*views), None
-            return _rebuild(articles_dir, store, progress, problems), *refresh(*views), None
+                return _status(message), *refresh(text, sort, number, chosen), None
+            return _rebuild(articles_dir, store, progress, problems), *refresh(text, sort, number, chosen), None
 
-        def rebuild_index(*views: object, progress=gr.Progress()):
-            return _rebuild(articles_dir, store, progress, []), *refresh(*views)
+        def rebuild_index(text: str, sort: str, number: int, chosen: list[str] | None, progress=gr.Progress()):
+            return _rebuild(articles_dir, store, progress, []), *refresh(text, sort, number, chosen)
 
         def export(history: list[Turn]):
             return _export(history, articles_root)

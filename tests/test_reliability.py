@@ -93,7 +93,7 @@ def test_the_server_survives_every_bad_question(seeds_index):
         for question in [*HOSTILE_QUESTIONS, *REJECTED_QUESTIONS[2:]]:
             _, messages, *_ = client.predict(question, [], api_name="/ask_question")
             reply = messages[-1]["content"][0]["text"]
-            assert "do not say" in reply or "[1]" in reply or "cannot be asked" in reply, reply
+            assert "do not say" in reply or "\\[1\\]" in reply or "cannot be asked" in reply, reply
         _, messages, *_ = client.predict("Who is South Korea's foreign minister?", [], api_name="/ask_question")
         assert "Cho Tae" in messages[-1]["content"][0]["text"]
         assert server.poll() is None
