@@ -69,13 +69,28 @@ def folders(articles: Sequence[IndexedArticle]) -> list[str]:
 
 
 def _holds(article: IndexedArticle, words: list[str], articles_dir: Path) -> bool:
-    haystack = article.title.casefold()
-    if not all(word in haystack for word in words):
-        try:
-            haystack += "\n" + article_text(articles_dir / article.path).casefold()
-        except (OSError, ValueError) as error:
-            logger.debug("cannot search %s: %s", article.path, error)
-    return all(word in haystack for word in words)
+    title = article.title.casefold()
+    if all(word in title for word in words):
+        return True
+    text = _searchable_text(articles_dir / article.path)
+    return all(word in title or word in text for word in words)
+
+
+def _searchable_text(path: Path) -> str:
+    """The article's text, case-folded, remembered until the file changes ("" when it cannot be read)."""
+    try:
+        stat = path.stat()
+        version = (stat.st_mtime_ns, stat.st_size)
+        remembered = _texts.get(path)
+        if remembered is None or remembered[0] != version:
+            remembered = _texts[path] = (version, article_text(path).casefold())
+        return remembered[1]
+    except (OSError, ValueError) as error:
+        logger.debug("cannot search %s: %s", path, error)
+        return ""
+
+
+_texts: dict[Path, tuple[tuple[int, int], str]] = {}
 
 
 def _sorted(articles: list[IndexedArticle], order: str) -> list[IndexedArticle]:
