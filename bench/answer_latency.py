@@ -63,7 +63,7 @@ def latency(questions: list[str], store: str, rounds: int) -> tuple[list[float],
     for _ in range(rounds):
         for question in questions:
             started = time.perf_counter()
-            embedder.encode_queries([question])
+            embedder.encode_texts([question])
             encode_ms.append((time.perf_counter() - started) * 1000)
             started = time.perf_counter()
             qa.answer(question, store=store)
@@ -84,13 +84,13 @@ def raw_rate(index_dir: str) -> tuple[int, float]:
         chunk_texts = [text for (text,) in db.execute("SELECT text FROM chunks ORDER BY id")]
     embedder = get_embedder()
     started = time.perf_counter()
-    embedder.encode_queries(chunk_texts)  # the bare model, on the graph the build runs it on
+    embedder.encode_texts(chunk_texts)  # the bare model, on the graph the build runs it on
     return len(chunk_texts), len(chunk_texts) / (time.perf_counter() - started)
 
 
 def corpus_section(args: argparse.Namespace, results: dict) -> None:
     embedder = get_embedder()
-    embedder.encode_queries(["warm up"])
+    embedder.encode_texts(["warm up"])
     seeds = Path(args.articles).resolve() == (ROOT / "seeds").resolve()
     with tempfile.TemporaryDirectory(prefix="qa-bench-latency-") as scratch:
         index_dir = args.index or scratch
@@ -145,7 +145,7 @@ def squad_section(args: argparse.Namespace, results: dict) -> None:
         encode_ms = []
         for question in questions[:: max(1, len(questions) // 200)]:
             started = time.perf_counter()
-            embedder.encode_queries([question.question])
+            embedder.encode_texts([question.question])
             encode_ms.append((time.perf_counter() - started) * 1000)
     hit3 = report.overall.answerable_hits / report.overall.answerable if report.overall.answerable else 0.0
     mean_chars = float(np.mean(report.quoted_characters or [0]))

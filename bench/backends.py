@@ -45,16 +45,16 @@ def speed(texts: list[str], spans: list, questions: list[str]) -> dict:
 
     embedders = {"torch": Embedder(backend="torch"), "onnx": Embedder(backend="onnx")}
     started = time.perf_counter()
-    embedders["onnx"].encode_queries(["warm up"])  # exports the model on first use
+    embedders["onnx"].encode_texts(["warm up"])  # exports the model on first use
     onnx_setup = time.perf_counter() - started
-    embedders["torch"].encode_queries(["warm up"])
+    embedders["torch"].encode_texts(["warm up"])
     seconds = {(name, kind): 0.0 for name in embedders for kind in ("raw", "chunks")}
     vectors = {name: [] for name in embedders}
     half = len(texts) // 2
     for part in (slice(0, half), slice(half, None)):
         for name, embedder in embedders.items():
             started = time.perf_counter()
-            embedder.encode_queries(texts[part])
+            embedder.encode_texts(texts[part])
             seconds[(name, "raw")] += time.perf_counter() - started
             started = time.perf_counter()
             vectors[name].append(embedder.encode_chunks(texts[part], spans[part]))
@@ -63,7 +63,7 @@ def speed(texts: list[str], spans: list, questions: list[str]) -> dict:
     for question in questions:
         for name, embedder in embedders.items():
             started = time.perf_counter()
-            embedder.encode_queries([question])
+            embedder.encode_texts([question])
             query_ms[name].append((time.perf_counter() - started) * 1000)
     chunk_cos = np.concatenate([(a.chunks * b.chunks).sum(1) for a, b in zip(vectors["torch"], vectors["onnx"])])
     sentence_cos = np.concatenate([(x * y).sum(1) for a, b in zip(vectors["torch"], vectors["onnx"])

@@ -78,12 +78,12 @@ def worker(articles: str, label: str, profile: str | None) -> dict:
 
     embedder = get_embedder()
     embedder.encode_chunks(["warm up the model"], [[(0, 4)]])
-    embedder.encode_queries(["warm up"])
+    embedder.encode_texts(["warm up"])
     rss_model = peak_rss_mb()
 
     def raw_encode(texts: list[str]) -> float:
         started = time.perf_counter()
-        embedder.encode_queries(texts)  # the bare model on the graph the build runs: tokenise, run, mean-pool
+        embedder.encode_texts(texts)  # the bare model on the graph the build runs: tokenise, run, mean-pool
         return time.perf_counter() - started
 
     # The bare model encodes every other chunk text before the build and the rest after it, so that a

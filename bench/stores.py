@@ -97,7 +97,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     logging.disable(logging.WARNING)
-    get_embedder().encode_queries(["warm up"])
+    get_embedder().encode_texts(["warm up"])
     with tempfile.TemporaryDirectory(prefix="qa-bench-stores-") as scratch:
         work = Path(args.work or scratch)
         work.mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,7 @@ SUBJECT_CHANGES = 400
 FOLDS = 5
 SEED = 0
 REGULARISATION = 1e-3
-HAND_SET = np.array([1.0, 1.0, 0.5, 0.5, 0.0, 0.0, 0.6, 0.0, 0.0, -0.2, 0.0, 2.0, 1.0, 0.0, 0.5, 0.5], dtype=np.float32)
+HAND_SET = np.array([1.0, 1.0, 0.5, 0.5, 0.0, 0.0, 0.0, 0.6, 0.0, 0.0, -0.2, 0.0, 2.0, 1.0, 0.0, 0.5, 0.5], dtype=np.float32)
 """The weights before training: the old fixed sum of standardised scores plus a guessed focus bonus."""
 
 

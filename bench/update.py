@@ -88,7 +88,7 @@ def main() -> None:
         first = qa.build_index(articles, index)
         print(f"  first build: {first.added} added, {first.chunks_embedded} chunks in {time.perf_counter() - started:.1f} s",
               file=sys.stderr, flush=True)
-        get_embedder().encode_queries(["warm up"])  # in-process cases run with the model loaded
+        get_embedder().encode_texts(["warm up"])  # in-process cases run with the model loaded
 
         target = sorted(articles.rglob("*.txt"))[len(list(articles.rglob("*.txt"))) // 2]
         original = target.read_bytes()

@@ -146,8 +146,8 @@ class Embedder:
             _check_exportable(self.model, self.model_name)
             _onnx_export(self.model, self.model_name)
 
-    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
-        """(n, dim) unit vectors for short texts such as questions."""
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """(n, dim) unit vectors of short texts, each on its own: questions, or sentences without their chunk."""
         if self.session is not None:
             return _unit(np.stack([vector for vector, _, _ in self._onnx_encode(texts)])) if texts else np.zeros(
                 (0, self.dimension), np.float32

@@ -140,7 +140,8 @@ def _same_encoder(info: IndexInfo, encoder: Encoder) -> bool:
 def _embed_articles(
     articles: list[Article], encoder: Encoder, progress: Callable[[int, int], None] | None
 ) -> list[EmbeddedArticle]:
-    """Each article chunked, with vectors for its chunks and (late-chunked) for its sentences."""
+    """Each article chunked, with vectors for its chunks and for its sentences: late-chunked (read in their chunk)
+    and each on its own."""
     if not articles:
         return []
     from .embeddings import get_embedder
@@ -154,7 +155,10 @@ def _embed_articles(
             flat = [(item, chunk) for item in batch for chunk in item[2]]
             vectors = embedder.encode_chunks([c.text for _, c in flat], [c.sentence_spans for _, c in flat])
             per_chunk = iter(zip(vectors.chunks, vectors.sentences))
-            for article, sentences, chunks in batch:
+            texts = [[sentence_text(article, s) for s in sentences] for article, sentences, _ in batch]
+            standalone = iter(np.split(embedder.encode_texts([t for ts in texts for t in ts]),
+                                       np.cumsum([len(ts) for ts in texts])[:-1]))
+            for (article, sentences, chunks), sentence_texts in zip(batch, texts):
                 per_sentence: dict[int, list[np.ndarray]] = {}
                 chunk_vectors = []
                 for chunk in chunks:
@@ -164,10 +168,11 @@ def _embed_articles(
                         per_sentence.setdefault(chunk.first + offset, []).append(sentence_vector)
                 embedded.append(EmbeddedArticle(
                     article=article,
-                    sentences=[(s.start, s.end, sentence_text(article, s)) for s in sentences],
+                    sentences=[(s.start, s.end, text) for s, text in zip(sentences, sentence_texts)],
                     chunks=chunks,
                     chunk_vectors=np.stack(chunk_vectors).astype(np.float32),
                     sentence_vectors=np.stack([_mean_unit(per_sentence[p]) for p in range(len(sentences))]),
+                    standalone_vectors=next(standalone),
                 ))
             done += len(flat)
             bar.update(len(flat))

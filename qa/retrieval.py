@@ -15,7 +15,7 @@ import numpy as np
 
 from .keywords import TermCounts, bm25_terms, query_terms
 from .scope import Scope
-from .store import ChunkRows, IndexCorruptError, IndexReader, KeywordStats, SentenceRows, open_store
+from .store import FORMAT_VERSION, ChunkRows, IndexCorruptError, IndexReader, KeywordStats, SentenceRows, open_store
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ FEATURES = (
     "chunk_keyword_z",
     "own_keyword_z",
     "sentence_dense",
+    "asked_standalone_z",
     "answer_type",
     "person_answer",
     "place_answer",
@@ -49,7 +50,7 @@ FEATURES = (
 question; "focus" is the weight of the sentence's article in the conversation (0 to 1), "focus_followup" the same
 when the question leans on earlier turns; the anchor features say how close the sentence stands to where the last
 answer was found in its article; "own_keyword" scores the words of the question as asked, without the context a
-follow-up borrowed."""
+follow-up borrowed, and "asked_standalone" the cosine of the question as asked with the sentence embedded on its own."""
 ANCHOR_REACH = 2.0
 """Sentences this far from the last answer (in sentences) count as half near it."""
 
@@ -123,6 +124,11 @@ class LoadedIndex:
     """The live state of a store, ready to rank sentences against questions; it never learns which store it reads."""
 
     def __init__(self, reader: IndexReader):
+        if reader.info.format_version != FORMAT_VERSION:
+            raise IndexCorruptError(
+                f"the index was built by another version of qa (format {reader.info.format_version}, this one reads "
+                f"{FORMAT_VERSION}); run `qa index` to bring it up to date"
+            )
         self.reader = reader
         self.info = reader.info
         self.generation = reader.generation
@@ -151,7 +157,7 @@ class LoadedIndex:
         fast = query_encoder(self.info.model, self.info.backend)
         if fast is not None:
             return fast.encode([text])[0]
-        return get_embedder(self.info.model, self.info.backend).encode_queries([text])[0]
+        return get_embedder(self.info.model, self.info.backend).encode_texts([text])[0]
 
     def rank(
         self, question: str, query_vector: np.ndarray, focus: Focus | None = None, asked: str | None = None,
@@ -212,6 +218,8 @@ class LoadedIndex:
             sentence_keyword if asked == question
             else self._term_scores("sentences", sentences.terms, own_tokens)[0] @ _repeats(own_tokens)
         )
+        asked_vector = query_vector if asked == question else self.encode_query(asked)
+        asked_standalone = sentences.standalone.astype(np.float32) @ asked_vector
         texts = sentences.text
         article_focus = np.array([focus.articles.get(int(a), 0.0) for a in sentences.article], dtype=np.float32)
         at_anchor, near_anchor, after_anchor = _anchor_features(sentences, focus.anchors)
@@ -223,6 +231,7 @@ class LoadedIndex:
                 _zscore(context[:, 1]),
                 _zscore(own_keyword),
                 sentence_dense,
+                _zscore(asked_standalone),
                 _answer_type_match(asked, texts),
                 _cue_match(_PERSON_QUESTION, _HAS_PERSON, asked, texts),
                 _cue_match(_PLACE_QUESTION, _HAS_PLACE, asked, texts),

@@ -67,7 +67,7 @@ def test_questions_are_encoded_without_pytorch_as_pytorch_encodes_them(seeds_ind
     questions = ["Who is the Japanese prime minister who attended the Lima meeting?", "Was ist das?", "🙂 " * 300]
     fast = query_encoder(qa.describe_index(seeds_index).model, "torch")
     assert fast is not None, "the build makes the ONNX export that questions are encoded with"
-    cosines = (fast.encode(questions) * get_embedder().encode_queries(questions)).sum(axis=1)
+    cosines = (fast.encode(questions) * get_embedder().encode_texts(questions)).sum(axis=1)
     assert cosines.min() >= 0.9999
     code = (f"import sys; from qa.cli import main; main(['ask', {questions[0]!r}, '--index', {seeds_index!r}]); "
             "print(sorted({'torch', 'sentence_transformers', 'transformers'} & set(sys.modules)))")

@@ -16,6 +16,7 @@ import pytest
 import qa
 from qa.chat import safe_file_name, save_uploads
 from qa.evaluate import citation_is_intact
+from qa.store import FORMAT_VERSION
 from qa.store.embedded import DATABASE_FILE, MANIFEST_FILE, SEGMENTS_DIR, current_generation
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -170,6 +171,22 @@ def test_a_damaged_index_is_reported_with_the_fix_and_rebuild_recovers(tmp_path,
         capture_output=True, text=True, env=ENV,
     )
     assert rebuilt.returncode == 0, rebuilt.stderr
+    assert "late 2024" in ask_in_new_process(MEETING_QUESTION, index_dir).stdout
+
+
+def test_an_index_from_an_earlier_version_says_to_update_it_and_qa_index_does(tmp_path):
+    articles, index_dir = copy_seeds(tmp_path / "articles"), tmp_path / "index"
+    qa.build_index(articles, index_dir)
+    manifest = current_generation(index_dir) / MANIFEST_FILE
+    manifest.write_text(manifest.read_text(encoding="utf-8").replace(
+        f'"format_version": {FORMAT_VERSION}', f'"format_version": {FORMAT_VERSION - 1}'), encoding="utf-8")
+
+    failed = ask_in_new_process(MEETING_QUESTION, index_dir)
+    assert failed.returncode == 2
+    assert "run `qa index`" in failed.stderr and len(failed.stderr.strip().splitlines()) == 1
+
+    report = qa.build_index(articles, index_dir)
+    assert report.chunks_embedded > 0  # everything embedded again, in this version's format
     assert "late 2024" in ask_in_new_process(MEETING_QUESTION, index_dir).stdout
 
 

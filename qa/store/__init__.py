@@ -21,7 +21,7 @@ SERVER_SCHEMES = ("http://", "https://")
 KINDS = ("chunks", "sentences")
 RRF_K = 60
 """Reciprocal rank fusion's constant: a chunk scores the sum of 1 / (RRF_K + rank) over the rankings that hold it."""
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 """Bumped when what a store holds changes meaning; an index of another version is rebuilt."""
 
 
@@ -89,6 +89,9 @@ class SentenceRows:
     sha1: list[str]
     """SHA-1 of the lower-cased text, to skip repeated sentences."""
     vectors: np.ndarray
+    """(n, dimension) float32 unit vectors pooled from the chunks holding each sentence (late chunking)."""
+    standalone: np.ndarray
+    """(n, dimension) unit vectors of each sentence embedded on its own, without its chunk (float16 in the embedded store)."""
     terms: TermCounts
 
     def __len__(self) -> int:
@@ -115,6 +118,9 @@ class EmbeddedArticle:
     chunks: list[Chunk]
     chunk_vectors: np.ndarray
     sentence_vectors: np.ndarray
+    """Late-chunked: pooled from the chunks holding each sentence."""
+    standalone_vectors: np.ndarray
+    """Each sentence embedded on its own."""
 
 
 @dataclass

@@ -281,7 +281,8 @@ def _insert_articles(db: sqlite3.Connection, update: Update) -> Segment | None:
                     TermCounts.of([r[4] for r in chunk_rows])),
         sentences=Rows(np.array([r[0] for r in sentence_rows], dtype=np.int64),
                        np.concatenate([e.sentence_vectors for e in update.added]),
-                       TermCounts.of([r[5] for r in sentence_rows])),
+                       TermCounts.of([r[5] for r in sentence_rows]),
+                       np.concatenate([e.standalone_vectors for e in update.added]).astype(np.float16)),
     )
 
 
@@ -424,6 +425,7 @@ class EmbeddedReader(IndexReader):
             )
             self.chunk_vectors = rows.chunks.vectors
             self.sentence_vectors = rows.sentences.vectors
+            self.sentence_standalone = rows.sentences.standalone
             self.chunk_terms = rows.chunks.terms
             self.sentence_terms = rows.sentences.terms
             self.keywords = {"chunks": KeywordIndex(rows.chunks.terms), "sentences": KeywordIndex(rows.sentences.terms)}
@@ -545,7 +547,8 @@ class EmbeddedReader(IndexReader):
         return SentenceRows(
             self.sentence_ids[rows], self.sentence_article[rows], self.sentence_position[rows],
             self.sentence_start[rows], self.sentence_end[rows], [self.sentence_text[r] for r in rows],
-            [self.sentence_hash[r] for r in rows], self.sentence_vectors[rows], self.sentence_terms.rows(rows),
+            [self.sentence_hash[r] for r in rows], self.sentence_vectors[rows], self.sentence_standalone[rows],
+            self.sentence_terms.rows(rows),
         )
 
     def keyword_stats(self, kind: str, terms: Sequence[str]) -> KeywordStats:

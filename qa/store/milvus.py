@@ -593,7 +593,8 @@ class MilvusReader(IndexReader):
             if row is not None:
                 wanted.update(row.ids("sentences", int(first), int(last)))
         rows = self._store.query_ids(
-            "sentences", wanted, ["id", "article", "position", "start", "end", "text", "sha1", "tokens", "vector"],
+            "sentences", wanted,
+            ["id", "article", "position", "start", "end", "text", "sha1", "tokens", "vector", "standalone"],
             self._set, self._visible,
         )
         rows.sort(key=lambda row: (row["article"], row["position"]))
@@ -606,6 +607,7 @@ class MilvusReader(IndexReader):
             text=[row["text"] for row in rows],
             sha1=[row["sha1"] for row in rows],
             vectors=self._vectors(rows),
+            standalone=self._vectors(rows, "standalone"),
             terms=TermCounts.from_tokens([row["tokens"].split() for row in rows]),
         )
 
@@ -668,10 +670,10 @@ class MilvusReader(IndexReader):
                 self._articles.setdefault(article, None)
         return {a: self._articles[a] for a in wanted if self._articles[a] is not None}
 
-    def _vectors(self, rows: list[dict]) -> np.ndarray:
+    def _vectors(self, rows: list[dict], field: str = "vector") -> np.ndarray:
         if not rows:
             return np.zeros((0, self.info.dimension), dtype=np.float32)
-        return np.array([row["vector"] for row in rows], dtype=np.float32)
+        return np.array([row[field] for row in rows], dtype=np.float32)
 
 
 _TERM_FIELDS = ["term", "build", "df_chunks", "df_sentences", "prev_chunks", "prev_sentences"]
@@ -859,6 +861,7 @@ class _Build:
             ("sha1", DataType.VARCHAR, {"max_length": 40}),
             ("tokens", DataType.VARCHAR, {"max_length": MAX_VARCHAR_BYTES}),
             ("vector", DataType.FLOAT_VECTOR, {"dim": dimension}),
+            ("standalone", DataType.FLOAT_VECTOR, {"dim": dimension}),
         ], named=True)
         self._create(self.store.name("terms", collection_set), [
             ("term", DataType.VARCHAR, {"is_primary": True, "max_length": MAX_VARCHAR_BYTES}),
@@ -881,8 +884,9 @@ class _Build:
         if dummy:
             schema.add_field("dummy", pymilvus.DataType.FLOAT_VECTOR, dim=DUMMY_DIM)
             indexes.add_index("dummy", index_type="AUTOINDEX", metric_type="L2")
-        if any(field_name == "vector" for field_name, _, _ in fields):
-            indexes.add_index("vector", index_type="AUTOINDEX", metric_type=DENSE_METRIC)
+        for field_name, data_type, _ in fields:
+            if data_type == pymilvus.DataType.FLOAT_VECTOR:  # Milvus loads a collection only when every vector field is indexed
+                indexes.add_index(field_name, index_type="AUTOINDEX", metric_type=DENSE_METRIC)
         if bm25:
             schema.add_function(pymilvus.Function(
                 name=BM25_FUNCTION, function_type=pymilvus.FunctionType.BM25, input_field_names=["text"],
@@ -954,12 +958,14 @@ class _Build:
                     "vector": chunk_vectors[k].tolist(),
                 })
             sentence_vectors = np.asarray(embedded.sentence_vectors, dtype=np.float32)
+            standalone_vectors = np.asarray(embedded.standalone_vectors, dtype=np.float32)
             for position, (start, end, text) in enumerate(embedded.sentences):
                 pending["sentences"].append({
                     "id": sentence_first + position, "article": article_id, "added_in": build,
                     "position": position, "start": start, "end": end, "text": _fit(text),
                     "sha1": hashlib.sha1(text.lower().encode("utf-8")).hexdigest(),
                     "tokens": sentence_tokens[position], "vector": sentence_vectors[position].tolist(),
+                    "standalone": standalone_vectors[position].tolist(),
                 })
             next_ids["chunks"] += len(embedded.chunks)
             next_ids["sentences"] += len(embedded.sentences)

@@ -34,6 +34,8 @@ class Rows:
     """Unit-length embeddings, float32, one row per id."""
     terms: TermCounts
     """BM25 term counts, one row per id."""
+    standalone: np.ndarray | None = None
+    """For sentences: each embedded on its own, float16 unit vectors, one row per id."""
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -63,6 +65,8 @@ def write_segment(folder: Path, segment: Segment) -> str:
             f"{kind}_term_counts": counts.data.astype(np.float32),
             f"{kind}_terms": rows.terms.terms.astype(str),
         }
+        if rows.standalone is not None:
+            arrays[f"{kind}_standalone"] = rows.standalone.astype(np.float16)
     temporary = folder / f"{name}.tmp"
     with open(temporary, "wb") as handle:
         np.savez(handle, **arrays)
@@ -83,7 +87,8 @@ def read_segment(folder: Path, name: str) -> Segment:
                     (stored[f"{kind}_term_counts"], stored[f"{kind}_term_columns"], stored[f"{kind}_term_indptr"]),
                     shape=(len(stored[f"{kind}_term_indptr"]) - 1, len(terms)),
                 )
-                kinds[kind] = Rows(stored[f"{kind}_ids"], stored[f"{kind}_vectors"], TermCounts(counts, terms))
+                standalone = stored[f"{kind}_standalone"] if f"{kind}_standalone" in stored.files else None
+                kinds[kind] = Rows(stored[f"{kind}_ids"], stored[f"{kind}_vectors"], TermCounts(counts, terms), standalone)
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise SegmentError(f"segment {folder / name} cannot be read ({error})") from None
     return Segment(**kinds)
@@ -99,6 +104,8 @@ def gather(folder: Path, names: list[str], chunk_ids: np.ndarray, sentence_ids: 
 def _gather_rows(parts: list[Rows], ids: np.ndarray, kind: str) -> Rows:
     dimension = next((part.vectors.shape[1] for part in parts if part.vectors.ndim == 2), 0)
     vectors = np.zeros((len(ids), dimension), dtype=np.float32)
+    with_standalone = any(part.standalone is not None for part in parts)
+    standalone = np.zeros((len(ids), dimension), dtype=np.float16) if with_standalone else None
     found = np.zeros(len(ids), dtype=bool)
     positions, term_parts = [], []
     for part in parts:
@@ -106,13 +113,17 @@ def _gather_rows(parts: list[Rows], ids: np.ndarray, kind: str) -> Rows:
         live = position < len(ids)
         live[live] = ids[position[live]] == part.ids[live]
         vectors[position[live]] = part.vectors[live]
+        if standalone is not None:
+            if part.standalone is None:
+                raise SegmentError(f"a segment of the index lacks the standalone {kind} vectors: rebuild it")
+            standalone[position[live]] = part.standalone[live]
         found[position[live]] = True
         positions.append(position[live])
         term_parts.append(part.terms.rows(np.flatnonzero(live)))
     if not found.all():
         raise SegmentError(f"{int((~found).sum())} {kind} of the index are in none of its segments")
     terms = TermCounts.stack(term_parts).rows(np.argsort(np.concatenate(positions or [np.zeros(0, np.int64)])))
-    return Rows(ids, vectors, terms)
+    return Rows(ids, vectors, terms, standalone)
 
 
 def remove_unreferenced(folder: Path, keep: set[str]) -> None:
