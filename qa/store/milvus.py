@@ -884,8 +884,9 @@ class _Build:
         if dummy:
             schema.add_field("dummy", pymilvus.DataType.FLOAT_VECTOR, dim=DUMMY_DIM)
             indexes.add_index("dummy", index_type="AUTOINDEX", metric_type="L2")
+        # Milvus loads a collection only when every vector field in it is indexed.
         for field_name, data_type, _ in fields:
-            if data_type == pymilvus.DataType.FLOAT_VECTOR:  # Milvus loads a collection only when every vector field is indexed
+            if data_type == pymilvus.DataType.FLOAT_VECTOR:
                 indexes.add_index(field_name, index_type="AUTOINDEX", metric_type=DENSE_METRIC)
         if bm25:
             schema.add_function(pymilvus.Function(
