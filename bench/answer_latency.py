@@ -2,7 +2,7 @@
 
 Prints `answer()` p50/p95 beside the p50 of encoding the same questions alone, and the index build
 rate (chunks/s, model already loaded; a first build also pays for importing the index libraries) beside
-the model's raw encoding rate on the very same chunk texts.
+the bare model's rate on the very same work: the chunk texts, and each sentence on its own.
 
     .venv/bin/python bench/answer_latency.py                                    # seeds + dev.jsonl (as before)
     .venv/bin/python bench/answer_latency.py --articles ../shared/corpora/bbc   # BBC: one build, questions on its stories
@@ -80,11 +80,15 @@ def print_latency(answer_ms: list[float], encode_ms: list[float]) -> None:
 
 
 def raw_rate(index_dir: str) -> tuple[int, float]:
+    """The number of chunks, and chunks per second of the bare model (on the graph the build runs it on) encoding
+    what the build encodes: every chunk text, and every sentence on its own."""
     with closing(sqlite3.connect(current_generation(index_dir) / DATABASE_FILE)) as db:
         chunk_texts = [text for (text,) in db.execute("SELECT text FROM chunks ORDER BY id")]
+        sentence_texts = [text for (text,) in db.execute("SELECT text FROM sentences ORDER BY id")]
     embedder = get_embedder()
     started = time.perf_counter()
-    embedder.encode_texts(chunk_texts)  # the bare model, on the graph the build runs it on
+    embedder.encode_texts(chunk_texts)
+    embedder.encode_texts(sentence_texts)
     return len(chunk_texts), len(chunk_texts) / (time.perf_counter() - started)
 
 

@@ -1,9 +1,9 @@
 """Full index builds of the BBC corpus and of 100/500/1000-article subsets, next to the model's raw encoding rate.
 
 For each size a fresh process (so peak memory is per build) loads the model, builds the index into a
-temporary folder, then encodes the very same chunk texts with the bare model (`SentenceTransformer.encode`,
-batch 32): build chunks/s against raw chunks/s, in the same process, so the ratio holds even on a busy
-machine. Then it asks 40 questions about the corpus's stories: answer() p50/p95 next to the bare query
+temporary folder, and has the bare model (tokenise, run, mean-pool, on the graph the build runs) encode the very
+same texts the build encodes: every chunk, and every sentence on its own. Build chunks/s against the chunks/s of
+that bare work, in the same process, so the ratio holds even on a busy machine. Then it asks 40 questions about the corpus's stories: answer() p50/p95 next to the bare query
 encoding (the figures bench/plot.py draws against corpus size). Subsets are the first N article files ordered by (file name, category folder), i.e. taken in
 turn from the five categories, copied into a temporary folder (qa skips symlinks leading outside the folder).
 
@@ -86,15 +86,17 @@ def worker(articles: str, label: str, profile: str | None) -> dict:
         embedder.encode_texts(texts)  # the bare model on the graph the build runs: tokenise, run, mean-pool
         return time.perf_counter() - started
 
-    # The bare model encodes every other chunk text before the build and the rest after it, so that a
+    # The bare model encodes every other chunk and sentence text before the build and the rest after it, so that a
     # machine getting busier or quieter during the run does not bias the ratio.
     from qa.articles import read_articles
-    from qa.chunks import chunk_article
+    from qa.chunks import chunk_article, sentence_text
 
     corpus_articles = read_articles(Path(articles).resolve()).articles
-    expected = [c.text for a in corpus_articles for c in chunk_article(a, embedder.count_tokens)[1]]
+    chunked = [(a, *chunk_article(a, embedder.count_tokens)) for a in corpus_articles]
+    expected = [c.text for _, _, chunks in chunked for c in chunks]
+    sentences = [sentence_text(a, s) for a, article_sentences, _ in chunked for s in article_sentences]
     titles = [a.title for a in corpus_articles[:: max(1, len(corpus_articles) // QUESTIONS)]][:QUESTIONS]
-    raw_before = raw_encode(expected[0::2])
+    raw_before = raw_encode(expected[0::2]) + raw_encode(sentences[0::2])
     with tempfile.TemporaryDirectory(prefix="qa-bench-build-") as index_dir:
         started = time.perf_counter()
         if profile:
@@ -113,10 +115,12 @@ def worker(articles: str, label: str, profile: str | None) -> dict:
         with closing(sqlite3.connect(generation / DATABASE_FILE)) as db:
             chunk_texts = [text for (text,) in db.execute("SELECT text FROM chunks ORDER BY id")]
             n_sentences = db.execute("SELECT COUNT(*) FROM sentences").fetchone()[0]
-    raw_after = raw_encode(chunk_texts[1::2])
+    raw_after = raw_encode(chunk_texts[1::2]) + raw_encode(sentences[1::2])
     raw_seconds = raw_before + raw_after
     if len(expected) != len(chunk_texts):
         print(f"warning: {len(expected)} chunks expected, {len(chunk_texts)} built", file=sys.stderr)
+    if len(sentences) != n_sentences:
+        print(f"warning: {len(sentences)} sentences expected, {n_sentences} built", file=sys.stderr)
     return {
         "label": label,
         "backend": embedder.backend,
@@ -124,11 +128,10 @@ def worker(articles: str, label: str, profile: str | None) -> dict:
         "skipped": len(report.skipped),
         "chunks": report.chunks_embedded,
         "sentences": n_sentences,
+        "raw_sentences": len(sentences),
         "build_seconds": build_seconds,
         "build_rate": report.chunks_embedded / build_seconds,
         "raw_seconds": raw_seconds,
-        "raw_before_rate": len(expected[0::2]) / raw_before,
-        "raw_after_rate": len(chunk_texts[1::2]) / raw_after,
         "raw_rate": len(chunk_texts) / raw_seconds,
         "index_mb": index_bytes / 1e6,
         "rss_model_mb": rss_model,
@@ -159,8 +162,8 @@ def print_table(rows: list[dict]) -> None:
         print(f"{r['articles']:>8d} {r['chunks']:>7d} {r['build_seconds']:>8.1f} {r['build_rate']:>8.1f} {r['raw_rate']:>7.1f} "
               f"{r['build_rate'] / r['raw_rate']:>6.1%} {r['index_mb']:>9.1f} {r['rss_build_mb']:>12.0f} "
               f"{r['answer_p50_ms']:>9.1f}ms {r['answer_p95_ms']:>6.1f} {r['encode_p50_ms']:>9.1f}ms")
-    print("build/s: chunks embedded per second of build_index (model already loaded); raw/s: the bare model on the "
-          "same chunk texts, same process; peak RSS includes the loaded model "
+    print("build/s: chunks embedded per second of build_index (model already loaded); raw/s: chunks per second of "
+          "the bare model encoding the same chunk texts and each sentence on its own, same process; peak RSS includes the loaded model "
           f"({rows[0]['rss_model_mb']:.0f} MB before the build); answer: qa.answer() on {QUESTIONS} questions naming "
           "articles' titles, twice each, beside the bare encoding of the same questions")
 

@@ -76,7 +76,16 @@ class TermCounts:
         return cls(counts, terms)
 
     def rows(self, selected: np.ndarray) -> TermCounts:
-        return TermCounts(self.counts[selected], self.terms)
+        """The counts of the rows `selected` (indices, in the order given), over the same terms."""
+        selected = np.asarray(selected, dtype=np.int64)
+        indptr = self.counts.indptr
+        starts, lengths = indptr[selected], indptr[selected + 1] - indptr[selected]
+        new_indptr = np.concatenate([[0], np.cumsum(lengths)])
+        taken = np.repeat(starts - new_indptr[:-1], lengths) + np.arange(new_indptr[-1])
+        counts = sparse.csr_matrix(
+            (self.counts.data[taken], self.counts.indices[taken], new_indptr), shape=(len(selected), self.counts.shape[1])
+        )
+        return TermCounts(counts, self.terms)
 
 
 class KeywordIndex:
@@ -118,16 +127,23 @@ class KeywordIndex:
 def bm25_terms(counts: TermCounts, terms: Sequence[str], frequencies: np.ndarray, n_rows: int, average_length: float) -> np.ndarray:
     """(rows x terms) BM25 contributions of each of `terms` to each row of `counts`, with the document frequencies
     `frequencies` (one per term) and row statistics of the whole index, as KeywordIndex scores them."""
-    columns = np.searchsorted(counts.terms, np.array(terms, dtype=str)) if len(counts.terms) else np.zeros(len(terms), int)
-    matrix = counts.counts.tocsc()
-    lengths = np.asarray(counts.counts.sum(axis=1)).ravel()
-    norms = K1 * ((1 - B) + B * lengths / max(average_length, 1e-9))
-    scores = np.zeros((counts.counts.shape[0], len(terms)), dtype=np.float32)
-    for j, (term, column, frequency) in enumerate(zip(terms, columns, frequencies)):
-        if column >= len(counts.terms) or counts.terms[column] != term or frequency <= 0:
-            continue
-        idf = np.log(1 + (n_rows - frequency + 0.5) / (frequency + 0.5))
-        start, end = matrix.indptr[column], matrix.indptr[column + 1]
-        rows, tf = matrix.indices[start:end], matrix.data[start:end]
-        scores[rows, j] = idf * tf / (tf + norms[rows])
+    matrix = counts.counts
+    scores = np.zeros((matrix.shape[0], len(terms)), dtype=np.float32)
+    if not len(counts.terms) or not len(terms):
+        return scores
+    columns = np.minimum(np.searchsorted(counts.terms, np.array(terms, dtype=str)), len(counts.terms) - 1)
+    frequencies = np.asarray(frequencies, dtype=np.float64)
+    known = (counts.terms[columns] == np.array(terms, dtype=str)) & (frequencies > 0)
+    term_of_column = np.full(len(counts.terms), -1, dtype=np.int64)
+    term_of_column[columns[known]] = np.flatnonzero(known)
+    row_of_entry = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
+    lengths = np.bincount(row_of_entry, matrix.data, matrix.shape[0])
+    term = term_of_column[matrix.indices]
+    hit = term >= 0
+    rows, term, tf = row_of_entry[hit], term[hit], matrix.data[hit]
+    idf = np.log(1 + (n_rows - frequencies + 0.5) / (frequencies + 0.5))
+    norms = K1 * ((1 - B) + B * lengths[rows] / max(average_length, 1e-9))
+    scores[rows, term] = idf[term] * tf / (tf + norms)
+    repeated = known & (term_of_column[columns] != np.arange(len(terms)))
+    scores[:, repeated] = scores[:, term_of_column[columns[repeated]]]
     return scores

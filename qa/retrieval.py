@@ -51,6 +51,10 @@ question; "focus" is the weight of the sentence's article in the conversation (0
 when the question leans on earlier turns; the anchor features say how close the sentence stands to where the last
 answer was found in its article; "own_keyword" scores the words of the question as asked, without the context a
 follow-up borrowed, and "asked_standalone" the cosine of the question as asked with the sentence embedded on its own."""
+_POSITIONS = 1 << 32
+"""More sentence positions than any article has: (article, position) packed into one sortable number."""
+RANKED_SENTENCES = 50
+"""Sentences `rank` returns at most: enough for the quotes, with room for skipped repeats."""
 ANCHOR_REACH = 2.0
 """Sentences this far from the last answer (in sentences) count as half near it."""
 
@@ -161,10 +165,10 @@ class LoadedIndex:
 
     def rank(
         self, question: str, query_vector: np.ndarray, focus: Focus | None = None, asked: str | None = None,
-        scope: Scope | None = None,
+        scope: Scope | None = None, limit: int = RANKED_SENTENCES,
     ) -> list[RankedSentence]:
-        """Sentences from the best chunks (and from the conversation's articles), most relevant first; only from
-        articles in `scope` when it is given."""
+        """The `limit` best sentences from the best chunks (and from the conversation's articles), most relevant
+        first; only from articles in `scope` when it is given."""
         found = self.candidates(question, query_vector, focus, asked, scope)
         sentences = found.sentences
         if not len(sentences):
@@ -184,7 +188,7 @@ class LoadedIndex:
                 sha1=sentences.sha1[i],
                 vector=sentences.vectors[i],
             )
-            for i in np.argsort(-scores)
+            for i in np.argsort(-scores)[:limit]
         ]
 
     def candidates(
@@ -300,12 +304,12 @@ def _joined(first: ChunkRows, second: ChunkRows) -> ChunkRows:
 def _best_chunk_per_sentence(sentences: SentenceRows, chunks: ChunkRows, values: np.ndarray) -> np.ndarray:
     """For each sentence, the highest of each column of `values` (one row per chunk) over the chunks holding it."""
     best = np.full((len(sentences), values.shape[1]), -np.inf, dtype=np.float32)
-    where = {(int(a), int(p)): i for i, (a, p) in enumerate(zip(sentences.article, sentences.position))}
-    for chunk, (article, first, last) in enumerate(zip(chunks.article, chunks.first, chunks.last)):
-        for position in range(int(first), int(last) + 1):
-            i = where.get((int(article), position))
-            if i is not None:
-                best[i] = np.maximum(best[i], values[chunk])
+    keys = sentences.article.astype(np.int64) * _POSITIONS + sentences.position  # ascending: rows are in reading order
+    low = np.searchsorted(keys, chunks.article.astype(np.int64) * _POSITIONS + chunks.first, "left")
+    high = np.searchsorted(keys, chunks.article.astype(np.int64) * _POSITIONS + chunks.last, "right")
+    counts = np.maximum(high - low, 0)
+    rows = np.repeat(low - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts) + np.arange(counts.sum())
+    np.maximum.at(best, rows, np.repeat(values, counts, axis=0))
     return best
 
 
@@ -341,7 +345,13 @@ def _cue_match(question_cue: re.Pattern, answer_cue: re.Pattern, question: str, 
     """1 for sentences holding `answer_cue` when the question matches `question_cue`, else 0."""
     if not question_cue.search(question):
         return np.zeros(len(texts), dtype=np.float32)
-    return np.array([1.0 if answer_cue.search(text) else 0.0 for text in texts], dtype=np.float32)
+    return np.array([_holds(answer_cue, text) for text in texts], dtype=np.float32)
+
+
+@lru_cache(maxsize=200_000)
+def _holds(cue: re.Pattern, text: str) -> bool:
+    """Whether `text` holds `cue`, remembered: the same sentences are candidates for many questions."""
+    return cue.search(text) is not None
 
 
 def _answer_type_match(question: str, texts: list[str]) -> np.ndarray:

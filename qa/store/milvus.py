@@ -56,8 +56,9 @@ LITE_BUSY_SECONDS = 5.0
 PREFIX_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,100}$")
 INSTALL_HINT = "pip install 'qa[milvus]'"
 
-LAYOUT_VERSION = 1
-"""What these collections hold and how; a store of another layout reads as another format, so builds re-embed it."""
+LAYOUT_VERSION = 2
+"""What these collections hold and how; a store of another layout reads as another format, so builds re-embed it.
+Layout 2 keeps the sentences' standalone vectors as float16, as the embedded store does."""
 DATA_COLLECTIONS = ("articles", "chunks", "sentences", "terms")
 STATE_COLLECTION = "state"
 OTHER_SET_SUFFIX = "_b"
@@ -607,7 +608,7 @@ class MilvusReader(IndexReader):
             text=[row["text"] for row in rows],
             sha1=[row["sha1"] for row in rows],
             vectors=self._vectors(rows),
-            standalone=self._vectors(rows, "standalone"),
+            standalone=self._half_vectors(rows, "standalone"),
             terms=TermCounts.from_tokens([row["tokens"].split() for row in rows]),
         )
 
@@ -670,10 +671,16 @@ class MilvusReader(IndexReader):
                 self._articles.setdefault(article, None)
         return {a: self._articles[a] for a in wanted if self._articles[a] is not None}
 
-    def _vectors(self, rows: list[dict], field: str = "vector") -> np.ndarray:
+    def _vectors(self, rows: list[dict]) -> np.ndarray:
         if not rows:
             return np.zeros((0, self.info.dimension), dtype=np.float32)
-        return np.array([row[field] for row in rows], dtype=np.float32)
+        return np.array([row["vector"] for row in rows], dtype=np.float32)
+
+    def _half_vectors(self, rows: list[dict], field: str) -> np.ndarray:
+        """A FLOAT16_VECTOR field of the rows: pymilvus returns each vector as its bytes, in a one-item list."""
+        if not rows:
+            return np.zeros((0, self.info.dimension), dtype=np.float16)
+        return np.frombuffer(b"".join(row[field][0] for row in rows), dtype=np.float16).reshape(len(rows), -1)
 
 
 _TERM_FIELDS = ["term", "build", "df_chunks", "df_sentences", "prev_chunks", "prev_sentences"]
@@ -861,7 +868,7 @@ class _Build:
             ("sha1", DataType.VARCHAR, {"max_length": 40}),
             ("tokens", DataType.VARCHAR, {"max_length": MAX_VARCHAR_BYTES}),
             ("vector", DataType.FLOAT_VECTOR, {"dim": dimension}),
-            ("standalone", DataType.FLOAT_VECTOR, {"dim": dimension}),
+            ("standalone", DataType.FLOAT16_VECTOR, {"dim": dimension}),
         ], named=True)
         self._create(self.store.name("terms", collection_set), [
             ("term", DataType.VARCHAR, {"is_primary": True, "max_length": MAX_VARCHAR_BYTES}),
@@ -884,10 +891,13 @@ class _Build:
         if dummy:
             schema.add_field("dummy", pymilvus.DataType.FLOAT_VECTOR, dim=DUMMY_DIM)
             indexes.add_index("dummy", index_type="AUTOINDEX", metric_type="L2")
-        # Milvus loads a collection only when every vector field in it is indexed.
+        # Milvus loads a collection only when every vector field in it is indexed. The float16 field is only read,
+        # never searched: FLAT, the one index Milvus Lite builds on float16.
         for field_name, data_type, _ in fields:
             if data_type == pymilvus.DataType.FLOAT_VECTOR:
                 indexes.add_index(field_name, index_type="AUTOINDEX", metric_type=DENSE_METRIC)
+            elif data_type == pymilvus.DataType.FLOAT16_VECTOR:
+                indexes.add_index(field_name, index_type="FLAT", metric_type=DENSE_METRIC)
         if bm25:
             schema.add_function(pymilvus.Function(
                 name=BM25_FUNCTION, function_type=pymilvus.FunctionType.BM25, input_field_names=["text"],
@@ -959,14 +969,14 @@ class _Build:
                     "vector": chunk_vectors[k].tolist(),
                 })
             sentence_vectors = np.asarray(embedded.sentence_vectors, dtype=np.float32)
-            standalone_vectors = np.asarray(embedded.standalone_vectors, dtype=np.float32)
+            standalone_vectors = np.asarray(embedded.standalone_vectors, dtype=np.float16)
             for position, (start, end, text) in enumerate(embedded.sentences):
                 pending["sentences"].append({
                     "id": sentence_first + position, "article": article_id, "added_in": build,
                     "position": position, "start": start, "end": end, "text": _fit(text),
                     "sha1": hashlib.sha1(text.lower().encode("utf-8")).hexdigest(),
                     "tokens": sentence_tokens[position], "vector": sentence_vectors[position].tolist(),
-                    "standalone": standalone_vectors[position].tolist(),
+                    "standalone": standalone_vectors[position],
                 })
             next_ids["chunks"] += len(embedded.chunks)
             next_ids["sentences"] += len(embedded.sentences)
