@@ -3,9 +3,10 @@
 For each size a fresh process (so peak memory is per build) loads the model, builds the index into a
 temporary folder, and has the bare model (tokenise, run, mean-pool, on the graph the build runs) encode the very
 same texts the build encodes: every chunk, and every sentence on its own. Build chunks/s against the chunks/s of
-that bare work, in the same process, so the ratio holds even on a busy machine. Then it asks 40 questions about the corpus's stories: answer() p50/p95 next to the bare query
-encoding (the figures bench/plot.py draws against corpus size). Subsets are the first N article files ordered by (file name, category folder), i.e. taken in
-turn from the five categories, copied into a temporary folder (qa skips symlinks leading outside the folder).
+that bare work, in the same process, so the ratio holds even on a busy machine. Then it asks 40 questions about
+the corpus's stories: answer() p50/p95 next to the bare query encoding (the figures bench/plot.py draws against
+corpus size). Subsets are the first N article files ordered by (file name, category folder), i.e. taken in turn
+from the five categories, copied into a temporary folder (qa skips symlinks leading outside the folder).
 
     .venv/bin/python bench/build.py                      # 100, 500, 1000 and all 2,225 articles
     .venv/bin/python bench/build.py --sizes 100 --profile  # also cProfile the build: where the time goes
@@ -163,8 +164,8 @@ def print_table(rows: list[dict]) -> None:
               f"{r['build_rate'] / r['raw_rate']:>6.1%} {r['index_mb']:>9.1f} {r['rss_build_mb']:>12.0f} "
               f"{r['answer_p50_ms']:>9.1f}ms {r['answer_p95_ms']:>6.1f} {r['encode_p50_ms']:>9.1f}ms")
     print("build/s: chunks embedded per second of build_index (model already loaded); raw/s: chunks per second of "
-          "the bare model encoding the same chunk texts and each sentence on its own, same process; peak RSS includes the loaded model "
-          f"({rows[0]['rss_model_mb']:.0f} MB before the build); answer: qa.answer() on {QUESTIONS} questions naming "
+          "the bare model encoding the same chunk texts and each sentence on its own, same process; peak RSS includes "
+          f"the loaded model ({rows[0]['rss_model_mb']:.0f} MB before the build); answer: qa.answer() on {QUESTIONS} questions naming "
           "articles' titles, twice each, beside the bare encoding of the same questions")
 
 
