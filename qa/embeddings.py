@@ -22,6 +22,7 @@ import threading
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -211,8 +212,10 @@ def _onnx_session(model, model_name: str, graph: str):
     return _inference_session(_onnx_export(model, model_name) / graph)
 
 
+@lru_cache(maxsize=None)
 def _inference_session(graph: Path):
-    """An ONNX Runtime session on one graph file, fully optimised, on the CPU."""
+    """The process's ONNX Runtime session on one graph file, fully optimised, on the CPU. Builds and questions share
+    it: one copy of the weights, and no second pool of threads left spinning beside the one a question runs on."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()

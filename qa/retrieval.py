@@ -6,6 +6,7 @@ import json
 import logging
 import re
 import threading
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -174,22 +175,14 @@ class LoadedIndex:
         if not len(sentences):
             return []
         scores = found.features @ ranker_weights()
-        return [
-            RankedSentence(
-                id=int(sentences.ids[i]),
-                score=float(scores[i]),
-                chunk_dense=float(found.chunk_dense[i]),
-                keyword_coverage=float(found.keyword_coverage[i]),
-                article=int(sentences.article[i]),
-                position=int(sentences.position[i]),
-                start=int(sentences.start[i]),
-                end=int(sentences.end[i]),
-                text=sentences.text[i],
-                sha1=sentences.sha1[i],
-                vector=sentences.vectors[i],
-            )
-            for i in np.argsort(-scores)[:limit]
-        ]
+        best = np.argsort(-scores)[:limit]
+        columns = zip(
+            sentences.ids[best].tolist(), scores[best].tolist(), found.chunk_dense[best].tolist(),
+            found.keyword_coverage[best].tolist(), sentences.article[best].tolist(), sentences.position[best].tolist(),
+            sentences.start[best].tolist(), sentences.end[best].tolist(), [sentences.text[i] for i in best],
+            [sentences.sha1[i] for i in best], sentences.vectors[best],
+        )
+        return [RankedSentence(*values) for values in columns]
 
     def candidates(
         self, question: str, query_vector: np.ndarray, focus: Focus | None = None, asked: str | None = None,
@@ -212,40 +205,47 @@ class LoadedIndex:
             return Candidates(self.reader.sentences([]), np.zeros((0, len(FEATURES)), np.float32), nothing, nothing)
         chunk_dense = chunks.vectors @ query_vector
         chunk_terms, chunk_stats = self._term_scores("chunks", chunks.terms, tokens)
-        chunk_keyword = chunk_terms @ _repeats(tokens)
+        chunk_keyword = chunk_terms @ _repeats(sorted(set(tokens)), tokens)
         chunk_coverage = _coverage(chunk_terms, chunk_stats)
         sentences = self.reader.sentences(list(zip(chunks.article.tolist(), chunks.first.tolist(), chunks.last.tolist())))
         context = _best_chunk_per_sentence(sentences, chunks, np.stack([chunk_dense, chunk_keyword, chunk_coverage], 1))
         sentence_dense = sentences.vectors @ query_vector
-        sentence_keyword = self._term_scores("sentences", sentences.terms, tokens)[0] @ _repeats(tokens)
-        own_keyword = (
-            sentence_keyword if asked == question
-            else self._term_scores("sentences", sentences.terms, own_tokens)[0] @ _repeats(own_tokens)
-        )
+        either = sorted(set(tokens) | set(own_tokens))  # one pass scores both the search text's and the reader's terms
+        sentence_terms = self._term_scores("sentences", sentences.terms, either)[0]
+        sentence_keyword = sentence_terms @ _repeats(either, tokens)
+        own_keyword = sentence_terms @ _repeats(either, own_tokens)
         asked_vector = query_vector if asked == question else self.encode_query(asked)
         asked_standalone = sentences.standalone.astype(np.float32) @ asked_vector
         texts = sentences.text
-        article_focus = np.array([focus.articles.get(int(a), 0.0) for a in sentences.article], dtype=np.float32)
+        article_focus = np.zeros(len(sentences), dtype=np.float32)
+        for article, weight in focus.articles.items():
+            article_focus[sentences.article == article] = weight
         at_anchor, near_anchor, after_anchor = _anchor_features(sentences, focus.anchors)
-        features = np.stack(
+        standardised = _zscore_columns(np.stack(
+            [sentence_dense, sentence_keyword, context[:, 0], context[:, 1], own_keyword, asked_standalone,
+             np.log([len(text) for text in texts])],
+            axis=1,
+        ))
+        features = np.concatenate(
             [
-                _zscore(sentence_dense),
-                _zscore(sentence_keyword),
-                _zscore(context[:, 0]),
-                _zscore(context[:, 1]),
-                _zscore(own_keyword),
-                sentence_dense,
-                _zscore(asked_standalone),
-                _answer_type_match(asked, texts),
-                _cue_match(_PERSON_QUESTION, _HAS_PERSON, asked, texts),
-                _cue_match(_PLACE_QUESTION, _HAS_PLACE, asked, texts),
-                _zscore(np.log([len(text) for text in texts])),
-                1.0 / (1.0 + sentences.position),
-                article_focus,
-                article_focus * focus.followup,
-                at_anchor,
-                near_anchor,
-                after_anchor,
+                standardised[:, :5],
+                np.stack(
+                    [
+                        sentence_dense,
+                        standardised[:, 5],
+                        _answer_type_match(asked, texts),
+                        _cue_match(_PERSON_QUESTION, _HAS_PERSON, asked, texts),
+                        _cue_match(_PLACE_QUESTION, _HAS_PLACE, asked, texts),
+                        standardised[:, 6],
+                        1.0 / (1.0 + sentences.position),
+                        article_focus,
+                        article_focus * focus.followup,
+                        at_anchor,
+                        near_anchor,
+                        after_anchor,
+                    ],
+                    axis=1,
+                ),
             ],
             axis=1,
         ).astype(np.float32)
@@ -275,9 +275,10 @@ class LoadedIndex:
         return bm25_terms(rows, terms, stats.frequencies, stats.rows, stats.average_length), stats
 
 
-def _repeats(tokens: list[str]) -> np.ndarray:
-    """How often each distinct token (in sorted order) occurs among `tokens`: repeats count again in BM25."""
-    return np.unique(np.array(tokens, dtype=str), return_counts=True)[1].astype(np.float32)
+def _repeats(terms: list[str], tokens: list[str]) -> np.ndarray:
+    """How often each of the distinct, sorted `terms` occurs among `tokens`: repeats count again in BM25."""
+    counts = Counter(tokens)
+    return np.array([counts[term] for term in terms], dtype=np.float32)
 
 
 def _coverage(per_term: np.ndarray, stats: KeywordStats) -> np.ndarray:
@@ -327,9 +328,10 @@ def _anchor_features(sentences: SentenceRows, anchors: tuple[tuple[int, int], ..
     return at, near, after
 
 
-def _zscore(values: np.ndarray) -> np.ndarray:
-    spread = float(values.std())
-    return (values - values.mean()) / spread if spread > 1e-9 else np.zeros_like(values)
+def _zscore_columns(values: np.ndarray) -> np.ndarray:
+    """Each column less its mean, over its standard deviation (0 where a column does not vary)."""
+    spread = values.std(axis=0)
+    return np.where(spread > 1e-9, (values - values.mean(axis=0)) / np.maximum(spread, 1e-9), 0.0)
 
 
 @lru_cache(maxsize=1)
