@@ -47,7 +47,7 @@ LOCK_FILE = ".build.lock"
 MAX_SEGMENTS = 12
 """More segments than this (or more dead rows than live ones in them) and a build merges them into one."""
 APPROXIMATE_SEARCH_FROM = 200_000
-"""Chunk count from which the dense search is approximate (FAISS IVF) instead of exact; see bench/search.py."""
+"""Chunk count from which the dense search is approximate (FAISS IVF) instead of exhaustive; see bench/search.py."""
 IVF_PROBES = 128
 """Lists an IVF search visits: recall@10 of 0.99 at 1M vectors, 0.97-0.99 from 200k (bench/search.py)."""
 IVF_TRAINING_PER_LIST = 40
@@ -412,7 +412,7 @@ def _remove_leftovers(index_root: Path) -> None:
 
 class EmbeddedReader(IndexReader):
     """One generation of an index folder, read into memory: rows from SQLite, vectors and term counts from its
-    segments, an exact FAISS search (or the generation's IVF index when it has one)."""
+    segments, a FAISS search over float16 copies of the chunk vectors (or the generation's IVF index when it has one)."""
 
     def __init__(self, generation: Path):
         self.generation = generation.name
