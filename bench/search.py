@@ -76,20 +76,22 @@ def timed_search(index, queries: np.ndarray, k: int = K) -> tuple[np.ndarray, li
     return ids, times
 
 
-def timed_rescored_search(index, data: np.ndarray, ids: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, list[float]]:
-    """qa's search below 200,000 chunks: the float16 index's best k + RESCORED_EXTRA rows, the k best of them by
-    their float32 vectors, as ids."""
-    faiss.omp_set_num_threads(SEARCH_THREADS)
-    found_ids, times = np.empty((len(queries), K), np.int64), []
-    for i, query in enumerate(queries):
-        started = time.perf_counter()
-        _, found = index.search(query[None, :], K + RESCORED_EXTRA)
-        rows = found[0][found[0] >= 0]
-        best = rows[np.argsort(-(data[rows] @ query), kind="stable")[:K]]
-        times.append((time.perf_counter() - started) * 1000)
-        found_ids[i] = ids[best]
-    faiss.omp_set_num_threads(BUILD_THREADS)
-    return found_ids, times
+class RescoredFloat16:
+    """qa's search below 200,000 chunks, with FAISS's `search(queries, k)`: the float16 index's best k +
+    RESCORED_EXTRA rows, the k best of them by their float32 vectors, as ids."""
+
+    def __init__(self, data: np.ndarray, ids: np.ndarray):
+        self.data, self.ids = data, ids
+        self.index = faiss.IndexScalarQuantizer(DIM, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+        self.index.add(data)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[None, np.ndarray]:
+        _, found = self.index.search(queries, k + RESCORED_EXTRA)
+        best = np.empty((len(queries), k), np.int64)
+        for i, (query, rows) in enumerate(zip(queries, found)):
+            rows = rows[rows >= 0]
+            best[i] = self.ids[rows[np.argsort(-(self.data[rows] @ query), kind="stable")[:k]]]
+        return None, best
 
 
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
@@ -117,10 +119,9 @@ def bench_size(n: int, rng: np.random.Generator, distribution: str, queries: np.
     rows.append(row(n, "exact IndexFlatIP", "-", time.perf_counter() - started - sum(times) / 1000, times, 1.0, n * DIM * 4 / 1e6))
 
     started = time.perf_counter()
-    half = faiss.IndexScalarQuantizer(DIM, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
-    half.add(data)
+    half = RescoredFloat16(data, ids)
     half_build = time.perf_counter() - started
-    found, times = timed_rescored_search(half, data, ids, queries)
+    found, times = timed_search(half, queries)
     rows.append(row(n, "float16 SQ", f"+{RESCORED_EXTRA} rescored", half_build, times, recall(found, truth), n * DIM * 2 / 1e6))
 
     nlist = 1 << round(math.log2(4 * math.sqrt(n)))

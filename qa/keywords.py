@@ -81,11 +81,18 @@ class TermCounts:
         indptr = self.counts.indptr
         starts, lengths = indptr[selected], indptr[selected + 1] - indptr[selected]
         new_indptr = np.concatenate([[0], np.cumsum(lengths)])
-        taken = np.repeat(starts - new_indptr[:-1], lengths) + np.arange(new_indptr[-1])
+        taken = concatenated_ranges(starts, lengths)
         counts = sparse.csr_matrix(
             (self.counts.data[taken], self.counts.indices[taken], new_indptr), shape=(len(selected), self.counts.shape[1])
         )
         return TermCounts(counts, self.terms)
+
+
+def concatenated_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """`start, start + 1, ..., start + length - 1` for each (start, length), one range after another, as one array."""
+    starts, lengths = np.asarray(starts, dtype=np.int64), np.asarray(lengths, dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if len(lengths) else np.zeros(0, dtype=np.int64)
+    return np.repeat(starts - offsets, lengths) + np.arange(lengths.sum(), dtype=np.int64)
 
 
 class KeywordIndex:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .keywords import TermCounts, bm25_terms, query_terms
+from .keywords import TermCounts, bm25_terms, concatenated_ranges, query_terms
 from .scope import Scope
 from .store import FORMAT_VERSION, ChunkRows, IndexCorruptError, IndexReader, KeywordStats, SentenceRows, open_store
 
@@ -309,8 +309,7 @@ def _best_chunk_per_sentence(sentences: SentenceRows, chunks: ChunkRows, values:
     low = np.searchsorted(keys, chunks.article.astype(np.int64) * _POSITIONS + chunks.first, "left")
     high = np.searchsorted(keys, chunks.article.astype(np.int64) * _POSITIONS + chunks.last, "right")
     counts = np.maximum(high - low, 0)
-    rows = np.repeat(low - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts) + np.arange(counts.sum())
-    np.maximum.at(best, rows, np.repeat(values, counts, axis=0))
+    np.maximum.at(best, concatenated_ranges(low, counts), np.repeat(values, counts, axis=0))
     return best
 
 

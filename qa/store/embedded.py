@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..keywords import KeywordIndex, TermCounts
+from ..keywords import KeywordIndex, TermCounts, concatenated_ranges
 from . import (
     FORMAT_VERSION,
     ArticleRecord,
@@ -544,13 +544,14 @@ class EmbeddedReader(IndexReader):
         )
 
     def sentences(self, spans: Sequence[tuple[int, int, int]]) -> SentenceRows:
-        ranges = []
+        starts, lengths = [], []
         for article_id, first, last in spans:
             start = self.article_first_row.get(int(article_id))
             if start is not None:
-                count = self.article_row_count[int(article_id)]
-                ranges.append(np.arange(start + max(int(first), 0), start + min(int(last), count - 1) + 1))
-        rows = np.unique(np.concatenate(ranges)) if ranges else np.zeros(0, dtype=np.int64)
+                first, last = max(int(first), 0), min(int(last), self.article_row_count[int(article_id)] - 1)
+                starts.append(start + first)
+                lengths.append(max(last - first + 1, 0))
+        rows = np.unique(concatenated_ranges(starts, lengths))
         return SentenceRows(
             self.sentence_ids[rows], self.sentence_article[rows], self.sentence_position[rows],
             self.sentence_start[rows], self.sentence_end[rows], [self.sentence_text[r] for r in rows.tolist()],
