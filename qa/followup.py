@@ -36,6 +36,9 @@ REFERRING_PRONOUNS = frozenset(
     "it its itself they them their theirs themselves he him his himself she her hers herself this these those".split()
 )
 PERSON_PRONOUNS = frozenset("he him his himself she her hers herself".split())
+BOUND_PRONOUNS = frozenset("his her hers himself herself its itself their theirs themselves".split())
+"""Possessive and reflexive pronouns, which a name earlier in the same question usually owns ("What Panther tore his
+ACL?", "How did the Carolina Panthers do in their season?"): after one, they do not refer back."""
 CONTINUATION_OPENERS = (
     "and",
     "also",
@@ -203,10 +206,11 @@ def resolve_question(question: str, history: Sequence[tuple[str, str]] | None) -
     """The question to retrieve with: `question` itself, or, for a follow-up, the question with context appended.
 
     `history` holds the earlier turns as (question, answer_text) pairs, oldest first. A question is a follow-up
-    when it refers back (a pronoun such as "it", "they", "he"; "that" or "there" used on their own), opens like a
-    continuation ("And…", "What about…") or has fewer than MIN_CONTENT_WORDS words of its own. Its context is the
-    key words of the previous question (itself resolved the same way); when the question asks about a person
-    ("he", "she"), the names in the previous answer come first, since that is whom it most likely means.
+    when it refers back (a pronoun such as "it", "they", "he", but not "his" or "their" after a name of its own;
+    "that" or "there" used on their own), opens like a continuation ("And…", "What about…") or has fewer than
+    MIN_CONTENT_WORDS words of its own. Its context is the key words of the previous question (itself resolved the
+    same way); when the question asks about a person ("he", "she"), the names in the previous answer come first,
+    since that is whom it most likely means.
     """
     if not history or not is_followup(question):
         return question
@@ -230,7 +234,8 @@ def is_followup(question: str) -> bool:
     text = " ".join(lowered)
     if any(text == opener or text.startswith(opener + " ") for opener in CONTINUATION_OPENERS):
         return True
-    if any(_refers_back(lowered, i) for i in range(len(lowered))):
+    bound = [named and word in BOUND_PRONOUNS for named, word in zip(_named_before(words, question), lowered)]
+    if any(_refers_back(lowered, i) and not bound[i] for i in range(len(lowered))):
         return True
     return len(content_words(question)) < MIN_CONTENT_WORDS
 
@@ -292,6 +297,18 @@ def _refers_back(words: list[str], i: int) -> bool:
     if word == "there":  # "who was there" refers back; "is there a…" does not
         return following is None or following not in NON_REFERRING_AFTER_THERE
     return False
+
+
+def _named_before(words: list[str], question: str) -> list[bool]:
+    """For each word, whether a capitalised word other than the first comes before it (never in a question written
+    in capitals throughout)."""
+    if not any(character.islower() for character in question):
+        return [False] * len(words)
+    named, seen = [], False
+    for position, word in enumerate(words):
+        named.append(seen)
+        seen = seen or (position > 0 and word[:1].isupper())
+    return named
 
 
 def _base(word: str) -> str:

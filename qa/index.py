@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -141,24 +142,31 @@ def _embed_articles(
     articles: list[Article], encoder: Encoder, progress: Callable[[int, int], None] | None
 ) -> list[EmbeddedArticle]:
     """Each article chunked, with vectors for its chunks and for its sentences: late-chunked (read in their chunk)
-    and each on its own."""
+    and each on its own. Collections repeat themselves (a wire story filed twice, a boilerplate line), so an article
+    whose chunks are those of an earlier one takes its vectors, and a sentence text is encoded once per batch."""
     if not articles:
         return []
     from .embeddings import get_embedder
 
     embedder = get_embedder(encoder.model, encoder.backend)
-    pending = [(article, *chunk_article(article, embedder.count_tokens)) for article in articles]
-    total = sum(len(chunks) for *_, chunks in pending)
-    embedded, done = [], 0
+    pending = [(article, *chunk_article(article, embedder.count_tokens), position)
+               for position, article in enumerate(articles)]
+    first_with_chunks: dict[tuple, int] = {}
+    original_of = [
+        first_with_chunks.setdefault(tuple((c.text, c.sentence_spans) for c in chunks), position)
+        for _, _, chunks, position in pending
+    ]
+    total = sum(len(chunks) for _, _, chunks, _ in pending)
+    embedded: list[EmbeddedArticle | None] = [None] * len(pending)
+    done = 0
     with tqdm(total=total, desc="embedding chunks", unit="chunk", disable=None) as bar:
-        for batch in _batches(pending, EMBED_BATCH_CHUNKS):
-            flat = [(item, chunk) for item in batch for chunk in item[2]]
-            vectors = embedder.encode_chunks([c.text for _, c in flat], [c.sentence_spans for _, c in flat])
+        for batch in _batches([item for item in pending if original_of[item[3]] == item[3]], EMBED_BATCH_CHUNKS):
+            flat = [chunk for _, _, chunks, _ in batch for chunk in chunks]
+            vectors = embedder.encode_chunks([c.text for c in flat], [c.sentence_spans for c in flat])
             per_chunk = iter(zip(vectors.chunks, vectors.sentences))
-            texts = [[sentence_text(article, s) for s in sentences] for article, sentences, _ in batch]
-            standalone = iter(np.split(embedder.encode_texts([t for ts in texts for t in ts]),
-                                       np.cumsum([len(ts) for ts in texts])[:-1]))
-            for (article, sentences, chunks), sentence_texts in zip(batch, texts):
+            texts = [[sentence_text(article, s) for s in sentences] for article, sentences, _, _ in batch]
+            alone = iter(_encoded_once([t for ts in texts for t in ts], embedder.encode_texts))
+            for (article, sentences, chunks, position), sentence_texts in zip(batch, texts):
                 per_sentence: dict[int, list[np.ndarray]] = {}
                 chunk_vectors = []
                 for chunk in chunks:
@@ -166,18 +174,28 @@ def _embed_articles(
                     chunk_vectors.append(vector)
                     for offset, sentence_vector in enumerate(sentence_vectors):
                         per_sentence.setdefault(chunk.first + offset, []).append(sentence_vector)
-                embedded.append(EmbeddedArticle(
+                embedded[position] = EmbeddedArticle(
                     article=article,
                     sentences=[(s.start, s.end, text) for s, text in zip(sentences, sentence_texts)],
                     chunks=chunks,
                     chunk_vectors=np.stack(chunk_vectors).astype(np.float32),
                     sentence_vectors=np.stack([_mean_unit(per_sentence[p]) for p in range(len(sentences))]),
-                    standalone_vectors=next(standalone),
-                ))
+                    standalone_vectors=np.stack([next(alone) for _ in sentence_texts]),
+                )
             done += len(flat)
             bar.update(len(flat))
             if progress:
                 progress(done, total)
+        repeated = [item for item in pending if original_of[item[3]] != item[3]]
+        for article, sentences, chunks, position in repeated:
+            embedded[position] = dataclasses.replace(
+                embedded[original_of[position]], article=article, chunks=chunks,
+                sentences=[(s.start, s.end, sentence_text(article, s)) for s in sentences],
+            )
+        if repeated:
+            bar.update(total - done)
+            if progress:
+                progress(total, total)
     return embedded
 
 
@@ -192,6 +210,13 @@ def _batches(pending: list, chunk_budget: int) -> Iterator[list]:
             batch, size = [], 0
     if batch:
         yield batch
+
+
+def _encoded_once(texts: list[str], encode: Callable[[list[str]], np.ndarray]) -> list[np.ndarray]:
+    """The vector of each text, each distinct text encoded once."""
+    distinct = list(dict.fromkeys(texts))
+    vectors = dict(zip(distinct, encode(distinct)))
+    return [vectors[text] for text in texts]
 
 
 def _mean_unit(vectors: list[np.ndarray]) -> np.ndarray:

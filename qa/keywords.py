@@ -95,6 +95,16 @@ def concatenated_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return np.repeat(starts - offsets, lengths) + np.arange(lengths.sum(), dtype=np.int64)
 
 
+def idf(frequencies: np.ndarray, n_rows: int) -> np.ndarray:
+    """BM25's inverse document frequency of terms that `frequencies` of `n_rows` rows hold."""
+    return np.log(1 + (n_rows - frequencies + 0.5) / (frequencies + 0.5))
+
+
+def saturated(tf: np.ndarray, lengths: np.ndarray, average_length: float) -> np.ndarray:
+    """BM25's term-frequency part: a term's count `tf` in rows of `lengths` terms, saturating with K1, normalised by B."""
+    return tf / (tf + K1 * ((1 - B) + B * lengths / average_length))
+
+
 class KeywordIndex:
     """BM25 scores of every row of a TermCounts for a list of query terms."""
 
@@ -104,10 +114,8 @@ class KeywordIndex:
         lengths = np.asarray(counts.sum(axis=1)).ravel()
         average = float(lengths.mean()) if n_rows and lengths.mean() > 0 else 1.0
         frequency = np.diff(counts.indptr)
-        idf = np.log(1 + (n_rows - frequency + 0.5) / (frequency + 0.5)).astype(np.float32)
-        tf = counts.data
-        norms = K1 * ((1 - B) + B * lengths[counts.indices] / average)
-        counts.data = (np.repeat(idf, frequency) * tf / (tf + norms)).astype(np.float32)
+        weights = np.repeat(idf(frequency, n_rows), frequency) * saturated(counts.data, lengths[counts.indices], average)
+        counts.data = weights.astype(np.float32)
         self.weights = counts
         self.n_rows = n_rows
         self.average_length = average
@@ -148,9 +156,7 @@ def bm25_terms(counts: TermCounts, terms: Sequence[str], frequencies: np.ndarray
     term = term_of_column[matrix.indices]
     hit = term >= 0
     rows, term, tf = row_of_entry[hit], term[hit], matrix.data[hit]
-    idf = np.log(1 + (n_rows - frequencies + 0.5) / (frequencies + 0.5))
-    norms = K1 * ((1 - B) + B * lengths[rows] / max(average_length, 1e-9))
-    scores[rows, term] = idf[term] * tf / (tf + norms)
+    scores[rows, term] = idf(frequencies, n_rows)[term] * saturated(tf, lengths[rows], max(average_length, 1e-9))
     repeated = known & (term_of_column[columns] != np.arange(len(terms)))
     scores[:, repeated] = scores[:, term_of_column[columns[repeated]]]
     return scores

