@@ -34,7 +34,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from qa.store.embedded import RESCORED_EXTRA
+from qa.store.embedded import RESCORED_EXTRA, rescored_search
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -86,12 +86,7 @@ class RescoredFloat16:
         self.index.add(data)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[None, np.ndarray]:
-        _, found = self.index.search(queries, k + RESCORED_EXTRA)
-        best = np.empty((len(queries), k), np.int64)
-        for i, (query, rows) in enumerate(zip(queries, found)):
-            rows = rows[rows >= 0]
-            best[i] = self.ids[rows[np.argsort(-(self.data[rows] @ query), kind="stable")[:k]]]
-        return None, best
+        return None, np.stack([self.ids[rescored_search(self.index, self.data, query, k)] for query in queries])
 
 
 def recall(found: np.ndarray, truth: np.ndarray) -> float:

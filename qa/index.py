@@ -149,24 +149,24 @@ def _embed_articles(
     from .embeddings import get_embedder
 
     embedder = get_embedder(encoder.model, encoder.backend)
-    pending = [(article, *chunk_article(article, embedder.count_tokens), position)
-               for position, article in enumerate(articles)]
+    pending = [(article, *chunk_article(article, embedder.count_tokens)) for article in articles]
     first_with_chunks: dict[tuple, int] = {}
     original_of = [
         first_with_chunks.setdefault(tuple((c.text, c.sentence_spans) for c in chunks), position)
-        for _, _, chunks, position in pending
+        for position, (_, _, chunks) in enumerate(pending)
     ]
-    total = sum(len(chunks) for _, _, chunks, _ in pending)
-    embedded: list[EmbeddedArticle | None] = [None] * len(pending)
-    done = 0
+    first_positions = [position for position, original in enumerate(original_of) if original == position]
+    originals = [pending[position] for position in first_positions]
+    total = sum(len(chunks) for *_, chunks in pending)
+    embedded, done = [], 0
     with tqdm(total=total, desc="embedding chunks", unit="chunk", disable=None) as bar:
-        for batch in _batches([item for item in pending if original_of[item[3]] == item[3]], EMBED_BATCH_CHUNKS):
-            flat = [chunk for _, _, chunks, _ in batch for chunk in chunks]
-            vectors = embedder.encode_chunks([c.text for c in flat], [c.sentence_spans for c in flat])
+        for batch in _batches(originals, EMBED_BATCH_CHUNKS):
+            flat = [(item, chunk) for item in batch for chunk in item[2]]
+            vectors = embedder.encode_chunks([c.text for _, c in flat], [c.sentence_spans for _, c in flat])
             per_chunk = iter(zip(vectors.chunks, vectors.sentences))
-            texts = [[sentence_text(article, s) for s in sentences] for article, sentences, _, _ in batch]
+            texts = [[sentence_text(article, s) for s in sentences] for article, sentences, _ in batch]
             alone = iter(_encoded_once([t for ts in texts for t in ts], embedder.encode_texts))
-            for (article, sentences, chunks, position), sentence_texts in zip(batch, texts):
+            for (article, sentences, chunks), sentence_texts in zip(batch, texts):
                 per_sentence: dict[int, list[np.ndarray]] = {}
                 chunk_vectors = []
                 for chunk in chunks:
@@ -174,29 +174,30 @@ def _embed_articles(
                     chunk_vectors.append(vector)
                     for offset, sentence_vector in enumerate(sentence_vectors):
                         per_sentence.setdefault(chunk.first + offset, []).append(sentence_vector)
-                embedded[position] = EmbeddedArticle(
+                embedded.append(EmbeddedArticle(
                     article=article,
                     sentences=[(s.start, s.end, text) for s, text in zip(sentences, sentence_texts)],
                     chunks=chunks,
                     chunk_vectors=np.stack(chunk_vectors).astype(np.float32),
                     sentence_vectors=np.stack([_mean_unit(per_sentence[p]) for p in range(len(sentences))]),
                     standalone_vectors=np.stack([next(alone) for _ in sentence_texts]),
-                )
+                ))
             done += len(flat)
             bar.update(len(flat))
             if progress:
                 progress(done, total)
-        repeated = [item for item in pending if original_of[item[3]] != item[3]]
-        for article, sentences, chunks, position in repeated:
-            embedded[position] = dataclasses.replace(
-                embedded[original_of[position]], article=article, chunks=chunks,
-                sentences=[(s.start, s.end, sentence_text(article, s)) for s in sentences],
-            )
-        if repeated:
+        if len(originals) < len(pending):
             bar.update(total - done)
             if progress:
                 progress(total, total)
-    return embedded
+    of_original = dict(zip(first_positions, embedded))
+    return [
+        of_original[position] if original == position else dataclasses.replace(
+            of_original[original], article=article, chunks=chunks,
+            sentences=[(s.start, s.end, sentence_text(article, s)) for s in sentences],
+        )
+        for position, (original, (article, sentences, chunks)) in enumerate(zip(original_of, pending))
+    ]
 
 
 def _batches(pending: list, chunk_budget: int) -> Iterator[list]:

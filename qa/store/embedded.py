@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -34,6 +35,9 @@ from . import (
     Update,
 )
 from .segments import Rows, Segment, SegmentError, gather, remove_unreferenced, write_segment
+
+if TYPE_CHECKING:
+    import faiss
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +140,14 @@ def _best(scores: np.ndarray, count: int) -> np.ndarray:
     """Positions of the `count` highest scores, highest first."""
     top = np.argpartition(-scores, count - 1)[:count] if len(scores) > count else np.arange(len(scores))
     return top[np.argsort(-scores[top], kind="stable")]
+
+
+def rescored_search(half: faiss.Index, vectors: np.ndarray, query: np.ndarray, depth: int) -> np.ndarray:
+    """Rows of the `depth` vectors with the highest inner product with `query`, best first: the float16 index `half`
+    finds RESCORED_EXTRA more than `depth`, and their float32 `vectors` order them exactly."""
+    _, found = half.search(query[None, :], min(depth + RESCORED_EXTRA, len(vectors)))
+    rows = found[0][found[0] >= 0]
+    return rows[_best(vectors[rows] @ query, depth)]
 
 
 def current_generation(index_dir: str | Path) -> Path | None:
@@ -497,12 +509,10 @@ class EmbeddedReader(IndexReader):
         if inside is None and self.manifest.get("approximate") is not None:
             _, found = self.dense_search.search(vector[None, :], min(depth, len(self.chunk_ids)))
             dense = np.where(found[0] >= 0, np.searchsorted(self.chunk_ids, found[0]), -1)
+        elif inside is None:
+            dense = rescored_search(self.dense_search, self.chunk_vectors, vector, depth)
         else:
-            rows = inside
-            if rows is None:  # float16 scores find a few more than `depth`; float32 ones order them exactly
-                _, found = self.dense_search.search(vector[None, :], min(depth + RESCORED_EXTRA, len(self.chunk_ids)))
-                rows = found[0][found[0] >= 0]
-            dense = rows[_best(self.chunk_vectors[rows] @ vector, depth)]
+            dense = inside[_best(self.chunk_vectors[inside] @ vector, depth)]
         keyword = self._keyword_rows(terms, depth, inside)
         fused: dict[int, float] = {}
         for ranking in (dense, keyword):
