@@ -41,13 +41,13 @@ def top_features(questions: list[Question], index_dir: str, histories: list | No
     rows = []
     for number, question in enumerate(questions):
         history = histories[number] if histories else question.history
-        search_text, vector, focus = read_question(index, question.question, history)
-        best = index.rank(search_text, vector, focus, question.question)[0]
+        query = read_question(index, question.question, history)
+        best = index.rank(query)[0]
         rows.append(
             (
                 best.chunk_dense,
                 best.keyword_coverage,
-                focus.articles.get(best.article, 0.0),
+                query.focus.articles.get(best.article, 0.0),
                 index.article_coverage(" ".join(content_words(question.question)), best.article),
                 len(content_words(question.question)),
             )

@@ -73,8 +73,7 @@ def examples(index_dir: str, dataset: str, questions: list[Question], folder: st
     index = load_index(index_dir)
     found = []
     for question, group in zip(questions, groups):
-        search_text, vector, focus = read_question(index, question.question, question.history)
-        candidates = index.candidates(search_text, vector, focus, question.question)
+        candidates = index.candidates(read_question(index, question.question, question.history))
         alternatives = [normalize(a) for group_ in question.gold for a in group_]
         sentences = candidates.sentences
         labels = np.zeros(len(sentences), dtype=np.int8)

@@ -10,12 +10,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 
 from . import config
 from .articles import text_of
 from .followup import QUOTATION_MARKS, EarlierTurn, content_words, read_conversation
-from .retrieval import Focus, LoadedIndex, RankedSentence, load_index
+from .retrieval import Focus, LoadedIndex, Query, RankedSentence, load_index
 from .scope import Scope
 
 logger = logging.getLogger(__name__)
@@ -114,9 +113,9 @@ def answer(
     index = load_index(index_dir, store)
     scope = Scope.of(where, index.articles_dir)
     abstention = ABSTAIN_TEXT if scope is None else ABSTAIN_SCOPED_TEXT
-    search_text, query_vector, focus = read_question(index, question, history)
-    ranked = index.rank(search_text, query_vector, focus, question, scope)
-    if not ranked or _off_topic(index, question, ranked[0], focus):
+    query = read_question(index, question, history)
+    ranked = index.rank(query, scope)
+    if not ranked or _off_topic(index, question, ranked[0], query.focus):
         return Answer(question=question, text=abstention, abstained=True)
     citations = _cite(index, _select(ranked, top_k))
     if not citations:
@@ -124,12 +123,11 @@ def answer(
     return Answer(question=question, text=_compose(citations), citations=citations)
 
 
-def read_question(
-    index: LoadedIndex, question: str, history: Sequence[Turn] | None
-) -> tuple[str, np.ndarray, Focus]:
-    """What a question is searched with in its conversation: the text, its vector, and the conversation's focus."""
+def read_question(index: LoadedIndex, question: str, history: Sequence[Turn] | None) -> Query:
+    """The question as it is searched in its conversation: the text and its vector, the question as asked and its
+    vector, and the conversation's focus."""
     search_text, focus = read_conversation(index, question, [_earlier_turn(*_pair(turn)) for turn in history or []])
-    return search_text, index.encode_query(search_text), focus
+    return index.query(search_text, question, focus)
 
 
 def _pair(turn: Turn) -> Turn:

@@ -413,7 +413,7 @@ def serve(
 def _warm_up(store: str) -> None:
     """Load the index and the model before the first reader asks, so the first answer is as quick as the rest."""
     try:
-        load_index(store=store).encode_query("warm up")
+        load_index(store=store).encode_queries(["warm up"])
     except (FileNotFoundError, RuntimeError) as error:
         logger.warning("the chat starts without an index: %s", error)
 

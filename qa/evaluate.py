@@ -188,7 +188,7 @@ def evaluate(
     """
     report = EvalReport()
     started = time.perf_counter()
-    load_index(index_dir, store).encode_query("warm up")
+    load_index(index_dir, store).encode_queries(["warm up"])
     report.startup_ms = (time.perf_counter() - started) * 1000
 
     def ask(text: str, history: Sequence[Turn]) -> Answer:

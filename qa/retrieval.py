@@ -116,6 +116,18 @@ class Focus:
 
 
 @dataclass(frozen=True)
+class Query:
+    """A question as retrieval reads it: the text searched with (for a follow-up, the question with words borrowed
+    from the conversation), the question as the reader asked it, the vector of each, and the conversation's focus."""
+
+    text: str
+    vector: np.ndarray
+    asked: str
+    asked_vector: np.ndarray
+    focus: Focus = field(default_factory=Focus)
+
+
+@dataclass(frozen=True)
 class Candidates:
     """The sentences worth scoring for one question, with their features (sentences x FEATURES)."""
 
@@ -154,23 +166,30 @@ class LoadedIndex:
         """Every sentence of the articles, in reading order."""
         return self.reader.sentences([(int(a), 0, WHOLE_ARTICLE) for a in article_ids])
 
-    def encode_query(self, text: str) -> np.ndarray:
-        """The query vector of `text`, from the model and backend that embedded this index: on ONNX Runtime when the
-        model's export is cached (no PyTorch to load), else by the model itself."""
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        """(n, dim) query vectors of `texts`, in one batch, from the model and backend that embedded this index: on ONNX
+        Runtime when the model's export is cached (no PyTorch to load), else by the model itself."""
         from .embeddings import get_embedder, query_encoder
 
         fast = query_encoder(self.info.model, self.info.backend)
         if fast is not None:
-            return fast.encode([text])[0]
-        return get_embedder(self.info.model, self.info.backend).encode_texts([text])[0]
+            return fast.encode(texts)
+        return get_embedder(self.info.model, self.info.backend).encode_texts(texts)
 
-    def rank(
-        self, question: str, query_vector: np.ndarray, focus: Focus | None = None, asked: str | None = None,
-        scope: Scope | None = None, limit: int = RANKED_SENTENCES,
-    ) -> list[RankedSentence]:
+    def query(self, text: str, asked: str | None = None, focus: Focus | None = None) -> Query:
+        """`text` ready to rank with: `asked` is the question as the reader typed it (default: `text`); when they
+        differ, both are encoded in one batch."""
+        asked = text if asked is None else asked
+        if asked == text:
+            vector = self.encode_queries([text])[0]
+            return Query(text, vector, asked, vector, focus or Focus())
+        vector, asked_vector = self.encode_queries([text, asked])
+        return Query(text, vector, asked, asked_vector, focus or Focus())
+
+    def rank(self, query: Query, scope: Scope | None = None, limit: int = RANKED_SENTENCES) -> list[RankedSentence]:
         """The `limit` best sentences from the best chunks (and from the conversation's articles), most relevant
         first; only from articles in `scope` when it is given."""
-        found = self.candidates(question, query_vector, focus, asked, scope)
+        found = self.candidates(query, scope)
         sentences = found.sentences
         if not len(sentences):
             return []
@@ -184,14 +203,9 @@ class LoadedIndex:
         )
         return [RankedSentence(*values) for values in columns]
 
-    def candidates(
-        self, question: str, query_vector: np.ndarray, focus: Focus | None = None, asked: str | None = None,
-        scope: Scope | None = None,
-    ) -> Candidates:
-        """The sentences of the best chunks by fused dense and BM25 rank, and of the focus articles, with features.
-        `question` is the text searched with; `asked` the question as the reader typed it (default: the same)."""
-        focus = focus or Focus()
-        asked = question if asked is None else asked
+    def candidates(self, query: Query, scope: Scope | None = None) -> Candidates:
+        """The sentences of the best chunks by fused dense and BM25 rank, and of the focus articles, with features."""
+        question, query_vector, asked, focus = query.text, query.vector, query.asked, query.focus
         tokens = list(query_terms(question))
         own_tokens = list(query_terms(asked))
         allowed = self.scope_articles(scope)
@@ -215,8 +229,7 @@ class LoadedIndex:
         sentence_terms = self._term_scores("sentences", sentences.terms, either)[0]
         sentence_keyword = sentence_terms @ _repeats(either, tokens)
         own_keyword = sentence_terms @ _repeats(either, own_tokens)
-        asked_vector = query_vector if asked == question else self.encode_query(asked)
-        asked_standalone = sentences.standalone.astype(np.float32) @ asked_vector
+        asked_standalone = sentences.standalone.astype(np.float32) @ query.asked_vector
         texts = sentences.text
         article_focus = np.zeros(len(sentences), dtype=np.float32)
         for article, weight in focus.articles.items():
