@@ -3,26 +3,30 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 
 from . import config
 from .articles import text_of
 from .followup import QUOTATION_MARKS, EarlierTurn, content_words, read_conversation
-from .retrieval import Focus, LoadedIndex, Query, RankedSentence, load_index
+from .retrieval import LoadedIndex, Query, RankedSentence, load_index
 from .scope import Scope
 
 logger = logging.getLogger(__name__)
 
-ABSTAIN_DENSE = 0.30
-"""Below this cosine between the question and the best chunk, the articles are taken not to cover the question."""
-ABSTAIN_COVERAGE = 0.40
-"""... unless the best chunk also holds at least this share of the question's keyword weight (see README)."""
+ABSTENTION_FILE = Path(__file__).with_name("abstention.json")
+"""The single-question abstention boundary, fitted by bench/calibrate_abstention.py."""
+ABSTENTION_EVIDENCE = ("chunk_dense", "keyword_coverage", "sentence_dense")
+"""What the boundary weighs of the best sentence: its best chunk's cosine with the question, the share of the
+question's keyword weight that chunk holds, and the sentence's own cosine (in its context)."""
 FOCUS_TRUSTED = 0.5
 """An article weighing at least this much in the conversation's focus is the one the conversation is about."""
 ABSTAIN_FOCUS_DENSE = 0.30
@@ -115,7 +119,7 @@ def answer(
     abstention = ABSTAIN_TEXT if scope is None else ABSTAIN_SCOPED_TEXT
     query = read_question(index, question, history)
     ranked = index.rank(query, scope)
-    if not ranked or _off_topic(index, question, ranked[0], query.focus):
+    if not ranked or _off_topic(index, query, ranked[0]):
         return Answer(question=question, text=abstention, abstained=True)
     citations = _cite(index, _select(ranked, top_k))
     if not citations:
@@ -144,20 +148,36 @@ def _earlier_turn(question: str, reply: str | Answer) -> EarlierTurn:
     return EarlierTurn(question, str(reply))
 
 
-def _off_topic(index: LoadedIndex, question: str, best: RankedSentence, focus: Focus) -> bool:
-    """True when even the best evidence is neither close in meaning nor in wording to the question.
+def _off_topic(index: LoadedIndex, query: Query, best: RankedSentence) -> bool:
+    """True when even the best evidence is too far from the question, in meaning and in wording, to answer it.
 
     When the best sentence stands in the article the conversation is about, a question with almost no words of its
     own ("Why?", "What was it called?") asks about that article and is answered; one with words of its own is
-    refused only when that article holds few of them and the best chunk is far in meaning."""
-    if focus.articles.get(best.article, 0.0) >= FOCUS_TRUSTED:
-        own_words = content_words(question)
+    refused only when that article holds few of them and the best chunk is far in meaning. Otherwise the learned
+    boundary over the best sentence's evidence decides."""
+    if query.focus.articles.get(best.article, 0.0) >= FOCUS_TRUSTED:
+        own_words = content_words(query.asked)
         return (
             len(own_words) >= MIN_OWN_WORDS
             and best.chunk_dense < ABSTAIN_FOCUS_DENSE
             and index.article_coverage(" ".join(own_words), best.article) < ABSTAIN_FOCUS_COVERAGE
         )
-    return best.chunk_dense < ABSTAIN_DENSE and best.keyword_coverage < ABSTAIN_COVERAGE
+    weights, bias = abstention_boundary()
+    return float(answer_evidence(best, query) @ weights) + bias < 0
+
+
+def answer_evidence(best: RankedSentence, query: Query) -> np.ndarray:
+    """The best sentence's ABSTENTION_EVIDENCE."""
+    return np.array([best.chunk_dense, best.keyword_coverage, float(best.vector @ query.vector)], dtype=np.float32)
+
+
+@lru_cache(maxsize=1)
+def abstention_boundary() -> tuple[np.ndarray, float]:
+    """The weights and bias of the single-question abstention boundary (abstain below 0), from qa/abstention.json."""
+    stored = json.loads(ABSTENTION_FILE.read_text(encoding="utf-8"))
+    if tuple(stored["evidence"]) != ABSTENTION_EVIDENCE:
+        raise RuntimeError(f"{ABSTENTION_FILE} was fitted on other evidence; run `python bench/calibrate_abstention.py`")
+    return np.array(stored["weights"], dtype=np.float32), float(stored["bias"])
 
 
 def _select(ranked: list[RankedSentence], top_k: int) -> list[RankedSentence]:

@@ -69,6 +69,8 @@ def test_questions_are_encoded_without_pytorch_as_pytorch_encodes_them(seeds_ind
     assert fast is not None, "the build makes the ONNX export that questions are encoded with"
     cosines = (fast.encode(questions) * get_embedder().encode_texts(questions)).sum(axis=1)
     assert cosines.min() >= 0.9999
+    alone = [fast.encode([question])[0] for question in questions]
+    assert (fast.encode(questions) * alone).sum(axis=1).min() >= 0.9999, "a follow-up's two texts share one batch"
     code = (f"import sys; from qa.cli import main; main(['ask', {questions[0]!r}, '--index', {seeds_index!r}]); "
             "print(sorted({'torch', 'sentence_transformers', 'transformers'} & set(sys.modules)))")
     asked = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
