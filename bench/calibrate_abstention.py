@@ -33,7 +33,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupKFold
 
 from qa import build_index
-from qa.answers import ABSTENTION_EVIDENCE, ABSTENTION_FILE, FOCUS_TRUSTED, MIN_OWN_WORDS, answer_evidence, read_question
+from qa.answers import (
+    ABSTENTION_EVIDENCE, ABSTENTION_FILE, FOCUS_TRUSTED, MIN_OWN_WORDS, answer_evidence, below_boundary, read_question,
+)
 from qa.evaluate import Question, load_questions
 from qa.followup import content_words
 from qa.retrieval import load_index
@@ -75,8 +77,9 @@ def fit_boundary(evidence: np.ndarray, answerable: np.ndarray) -> tuple[np.ndarr
     return weights, -float(np.quantile(evidence[answerable] @ weights, FALSE_ABSTENTION_BUDGET))
 
 
-def abstains(evidence: np.ndarray, boundary: tuple[np.ndarray, float]) -> np.ndarray:
-    return evidence[:, :EVIDENCE] @ boundary[0] + boundary[1] < 0
+def abstains(features: np.ndarray, boundary: tuple[np.ndarray, float]) -> np.ndarray:
+    """Whether the boundary abstains on each row of `features` (its first columns are the evidence)."""
+    return below_boundary(features[:, :EVIDENCE], boundary)
 
 
 def single_questions(shared: Path, news_index: str) -> tuple[np.ndarray, float]:

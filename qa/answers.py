@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 import unicodedata
@@ -17,7 +16,7 @@ import numpy as np
 from . import config
 from .articles import text_of
 from .followup import QUOTATION_MARKS, EarlierTurn, content_words, read_conversation
-from .retrieval import LoadedIndex, Query, RankedSentence, load_index
+from .retrieval import LoadedIndex, Query, RankedSentence, learned, load_index
 from .scope import Scope
 
 logger = logging.getLogger(__name__)
@@ -162,8 +161,7 @@ def _off_topic(index: LoadedIndex, query: Query, best: RankedSentence) -> bool:
             and best.chunk_dense < ABSTAIN_FOCUS_DENSE
             and index.article_coverage(" ".join(own_words), best.article) < ABSTAIN_FOCUS_COVERAGE
         )
-    weights, bias = abstention_boundary()
-    return float(answer_evidence(best, query) @ weights) + bias < 0
+    return bool(below_boundary(answer_evidence(best, query), abstention_boundary()))
 
 
 def answer_evidence(best: RankedSentence, query: Query) -> np.ndarray:
@@ -171,12 +169,17 @@ def answer_evidence(best: RankedSentence, query: Query) -> np.ndarray:
     return np.array([best.chunk_dense, best.keyword_coverage, float(best.vector @ query.vector)], dtype=np.float32)
 
 
+def below_boundary(evidence: np.ndarray, boundary: tuple[np.ndarray, float]) -> np.ndarray:
+    """Whether the evidence (ABSTENTION_EVIDENCE, one row or many) falls below the boundary (weights, bias): there
+    qa abstains."""
+    weights, bias = boundary
+    return evidence @ weights + bias < 0
+
+
 @lru_cache(maxsize=1)
 def abstention_boundary() -> tuple[np.ndarray, float]:
-    """The weights and bias of the single-question abstention boundary (abstain below 0), from qa/abstention.json."""
-    stored = json.loads(ABSTENTION_FILE.read_text(encoding="utf-8"))
-    if tuple(stored["evidence"]) != ABSTENTION_EVIDENCE:
-        raise RuntimeError(f"{ABSTENTION_FILE} was fitted on other evidence; run `python bench/calibrate_abstention.py`")
+    """The weights and bias of the single-question abstention boundary, from qa/abstention.json."""
+    stored = learned(ABSTENTION_FILE, "evidence", ABSTENTION_EVIDENCE, "bench/calibrate_abstention.py")
     return np.array(stored["weights"], dtype=np.float32), float(stored["bias"])
 
 

@@ -180,11 +180,8 @@ class LoadedIndex:
         """`text` ready to rank with: `asked` is the question as the reader typed it (default: `text`); when they
         differ, both are encoded in one batch."""
         asked = text if asked is None else asked
-        if asked == text:
-            vector = self.encode_queries([text])[0]
-            return Query(text, vector, asked, vector, focus or Focus())
-        vector, asked_vector = self.encode_queries([text, asked])
-        return Query(text, vector, asked, asked_vector, focus or Focus())
+        vectors = self.encode_queries([text] if asked == text else [text, asked])
+        return Query(text, vectors[0], asked, vectors[-1], focus or Focus())
 
     def rank(self, query: Query, scope: Scope | None = None, limit: int = RANKED_SENTENCES) -> list[RankedSentence]:
         """The `limit` best sentences from the best chunks (and from the conversation's articles), most relevant
@@ -348,10 +345,17 @@ def _zscore_columns(values: np.ndarray) -> np.ndarray:
 @lru_cache(maxsize=1)
 def ranker_weights() -> np.ndarray:
     """The sentence ranker's weights, one per feature, from qa/ranker.json."""
-    stored = json.loads(RANKER_FILE.read_text(encoding="utf-8"))
-    if tuple(stored["features"]) != FEATURES:
-        raise RuntimeError(f"{RANKER_FILE} was trained on other features; run `python bench/train_ranker.py`")
+    stored = learned(RANKER_FILE, "features", FEATURES, "bench/train_ranker.py")
     return np.array(stored["weights"], dtype=np.float32)
+
+
+def learned(path: Path, inputs_key: str, inputs: tuple[str, ...], script: str) -> dict:
+    """A fit stored by a bench script, checked to be over `inputs` (listed under `inputs_key`); raises RuntimeError
+    saying to run `script` again when it is not."""
+    stored = json.loads(path.read_text(encoding="utf-8"))
+    if tuple(stored[inputs_key]) != inputs:
+        raise RuntimeError(f"{path} was fitted on other {inputs_key}; run `python {script}`")
+    return stored
 
 
 def _cue_match(question_cue: re.Pattern, answer_cue: re.Pattern, question: str, texts: list[str]) -> np.ndarray:
