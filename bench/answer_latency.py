@@ -14,7 +14,8 @@ On a corpus other than seeds/ the questions (unless --questions is given) name t
 articles ("What happened in the story “<title>”?"), so they are answered rather than abstained.
 The SQuAD section builds an index of ../shared/eval/squad/articles (or reuses --squad-index) and scores
 questions.jsonl with qa.evaluate: hit@3 = answerable questions with every gold answer in the first three quotes.
-Set QA_BACKEND=onnx to measure the ONNX Runtime backend. Writes bench/results/answer_latency.json.
+Set QA_BACKEND=onnx to measure the ONNX Runtime backend. Every question of the latency section is also asked with
+`reranker="none"` in turn with the default, so the two are compared in one run (QA_RERANKER picks the reranker). Writes bench/results/answer_latency.json.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import numpy as np
 import qa
 from qa.embeddings import get_embedder
 from qa.evaluate import Question, evaluate, load_questions
+from qa.reranker import NO_RERANKER, reranker_name
 from qa.store.embedded import DATABASE_FILE, current_generation
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,12 +56,13 @@ def title_questions(store: str, count: int = TITLE_QUESTIONS) -> list[str]:
     return [f"What happened in the story “{title}”?" for title in titles[:: max(1, len(titles) // count)][:count]]
 
 
-def latency(questions: list[str], store: str, rounds: int) -> tuple[list[float], list[float]]:
-    """`answer()` times and bare query-encoding times of each question, asked `rounds` times (store: a folder or a
-    Milvus location)."""
+def latency(questions: list[str], store: str, rounds: int) -> tuple[list[float], list[float], list[float]]:
+    """`answer()` times with the reranker, with `reranker="none"`, and bare query-encoding times of each question,
+    asked `rounds` times, the three in turn (store: a folder or a Milvus location)."""
     embedder = get_embedder()
     qa.answer(questions[0], store=store)
-    answer_ms, encode_ms = [], []
+    qa.answer(questions[0], store=store, reranker=NO_RERANKER)
+    answer_ms, linear_ms, encode_ms = [], [], []
     for _ in range(rounds):
         for question in questions:
             started = time.perf_counter()
@@ -68,15 +71,22 @@ def latency(questions: list[str], store: str, rounds: int) -> tuple[list[float],
             started = time.perf_counter()
             qa.answer(question, store=store)
             answer_ms.append((time.perf_counter() - started) * 1000)
-    return answer_ms, encode_ms
+            started = time.perf_counter()
+            qa.answer(question, store=store, reranker=NO_RERANKER)
+            linear_ms.append((time.perf_counter() - started) * 1000)
+    return answer_ms, linear_ms, encode_ms
 
 
-def print_latency(answer_ms: list[float], encode_ms: list[float]) -> None:
+def print_latency(answer_ms: list[float], encode_ms: list[float], linear_ms: list[float] | None = None) -> None:
     print(f"{'measure':34s} {'qa':>10s} {'bare model':>12s} {'ratio':>7s}")
-    print(f"{'answer() p50 vs query encoding p50':34s} {percentile(answer_ms, 50):8.1f}ms {percentile(encode_ms, 50):10.1f}ms "
-          f"{percentile(answer_ms, 50) / percentile(encode_ms, 50):6.2f}x")
-    print(f"{'answer() p95 vs query encoding p95':34s} {percentile(answer_ms, 95):8.1f}ms {percentile(encode_ms, 95):10.1f}ms "
-          f"{percentile(answer_ms, 95) / percentile(encode_ms, 95):6.2f}x")
+    for q in (50, 95):
+        print(f"{f'answer() p{q} vs query encoding p{q}':34s} {percentile(answer_ms, q):8.1f}ms "
+              f"{percentile(encode_ms, q):10.1f}ms {percentile(answer_ms, q) / percentile(encode_ms, q):6.2f}x")
+    if linear_ms:
+        for q in (50, 95):
+            print(f"{f'  reranker none p{q}':34s} {percentile(linear_ms, q):8.1f}ms {percentile(encode_ms, q):10.1f}ms "
+                  f"{percentile(linear_ms, q) / percentile(encode_ms, q):6.2f}x   (with the reranker: "
+                  f"{percentile(answer_ms, q) / percentile(linear_ms, q):.2f}x this)")
 
 
 def raw_rate(index_dir: str) -> tuple[int, float]:
@@ -118,12 +128,12 @@ def corpus_section(args: argparse.Namespace, results: dict) -> None:
             questions = [q.question for q in load_questions(DEV)]
         else:
             questions = title_questions(index_dir)
-        answer_ms, encode_ms = latency(questions, index_dir, args.rounds)
+        answer_ms, linear_ms, encode_ms = latency(questions, index_dir, args.rounds)
         summary = qa.describe_index(index_dir)
 
     print(f"articles: {args.articles} ({summary.n_articles} articles, {summary.n_chunks} chunks); "
-          f"{len(questions)} questions x {args.rounds} rounds; backend {embedder.backend}")
-    print_latency(answer_ms, encode_ms)
+          f"{len(questions)} questions x {args.rounds} rounds; backend {embedder.backend}; reranker {reranker_name()}")
+    print_latency(answer_ms, encode_ms, linear_ms)
     if build_rate:
         print(f"{'build rate vs raw encoding rate':34s} {build_rate:6.1f}/s   {bare_rate:8.1f}/s   {build_rate / bare_rate:6.1%}")
     if first_rate:
@@ -133,7 +143,8 @@ def corpus_section(args: argparse.Namespace, results: dict) -> None:
         "articles": str(args.articles), "n_articles": summary.n_articles, "n_chunks": summary.n_chunks,
         "backend": embedder.backend, "answer_p50_ms": percentile(answer_ms, 50), "answer_p95_ms": percentile(answer_ms, 95),
         "encode_p50_ms": percentile(encode_ms, 50), "encode_p95_ms": percentile(encode_ms, 95),
-        "build_rate": build_rate, "raw_rate": bare_rate,
+        "reranker": reranker_name(), "no_reranker_p50_ms": percentile(linear_ms, 50),
+        "no_reranker_p95_ms": percentile(linear_ms, 95), "build_rate": build_rate, "raw_rate": bare_rate,
     }
 
 
@@ -161,7 +172,7 @@ def squad_section(args: argparse.Namespace, results: dict) -> None:
     print(f"{'citation integrity':34s} {report.integrity:.1%}")
     print_latency(report.latencies_ms, encode_ms)
     results["squad"] = {
-        "backend": embedder.backend, "questions": len(questions), "hit_at_3": hit3, "mean_quoted_chars": mean_chars,
+        "backend": embedder.backend, "reranker": reranker_name(), "questions": len(questions), "hit_at_3": hit3, "mean_quoted_chars": mean_chars,
         "false_abstentions": report.overall.false_abstentions, "integrity": report.integrity,
         "answer_p50_ms": percentile(report.latencies_ms, 50), "answer_p95_ms": percentile(report.latencies_ms, 95),
         "encode_p50_ms": percentile(encode_ms, 50),

@@ -2,7 +2,7 @@
 
 Single questions: a linear boundary over the best sentence's evidence (qa.answers.ABSTENTION_EVIDENCE: its best
 chunk's cosine with the question, the share of the question's keyword weight that chunk holds, the sentence's own
-cosine), fitted by class-balanced logistic regression on questions the articles answer (SQuAD on its own articles,
+cosine; with a reranker, RERANKED_EVIDENCE adds its relevance logit), one boundary per reranker (--reranker), fitted by class-balanced logistic regression on questions the articles answer (SQuAD on its own articles,
 dev answerables on the seeds) against questions they cannot answer: dev unanswerables on the seeds, SQuAD questions
 asked of the seeds, dev questions asked of the SQuAD articles, and SQuAD questions asked of a large collection (the
 30 CNN stories and the 2,225 BBC stories), whose off-topic questions nearly always find a chunk sharing their words.
@@ -14,7 +14,8 @@ Conversations: the 313 answerable CNN dev questions, each with its own history, 
 BBC stories as distractors, against 300 SQuAD questions and the 12 dev questions asked on that index after the
 history of a random CNN conversation (nothing there answers them). Questions whose best sentence stands in the
 conversation's own article are judged by the conversation rule (at least MIN_OWN_WORDS words of their own, dense,
-and coverage of those words in that article); the others by the single-question boundary.
+and coverage of those words in that article); the others by the single-question boundary without a reranker's
+relevance, as qa.answers judges every question asked in a conversation.
 
     .venv/bin/python bench/calibrate_abstention.py --news-index DIR   # DIR: an index of news/ and bbc/ (built if missing)
 """
@@ -34,10 +35,12 @@ from sklearn.model_selection import GroupKFold
 
 from qa import build_index
 from qa.answers import (
-    ABSTENTION_EVIDENCE, ABSTENTION_FILE, FOCUS_TRUSTED, MIN_OWN_WORDS, answer_evidence, below_boundary, read_question,
+    ABSTENTION_EVIDENCE, ABSTENTION_FILE, FOCUS_TRUSTED, MIN_OWN_WORDS, RERANKED_EVIDENCE, abstention_boundary, answer_evidence, below_boundary,
+    read_question,
 )
 from qa.evaluate import Question, load_questions
 from qa.followup import content_words
+from qa.reranker import NO_RERANKER, get_reranker, reranker_name
 from qa.retrieval import load_index
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -46,7 +49,8 @@ FALSE_ABSTENTION_BUDGET = 0.01
 """The share of answerable calibration questions the single-question boundary may abstain on."""
 FOLDS = 5
 SEED = 0
-EVIDENCE = len(ABSTENTION_EVIDENCE)
+RERANKER = reranker_name()
+"""The reranker whose boundary is fitted (--reranker)."""
 
 
 def top_features(questions: list[Question], index_dir: str, histories: list | None = None) -> np.ndarray:
@@ -57,7 +61,7 @@ def top_features(questions: list[Question], index_dir: str, histories: list | No
     for number, question in enumerate(questions):
         history = histories[number] if histories else question.history
         query = read_question(index, question.question, history)
-        best = index.rank(query)[0]
+        best = index.rank(query, reranker=get_reranker(RERANKER))[0]
         rows.append(
             (
                 *answer_evidence(best, query),
@@ -77,9 +81,13 @@ def fit_boundary(evidence: np.ndarray, answerable: np.ndarray) -> tuple[np.ndarr
     return weights, -float(np.quantile(evidence[answerable] @ weights, FALSE_ABSTENTION_BUDGET))
 
 
+def evidence_names() -> tuple[str, ...]:
+    return ABSTENTION_EVIDENCE if RERANKER == NO_RERANKER else RERANKED_EVIDENCE
+
+
 def abstains(features: np.ndarray, boundary: tuple[np.ndarray, float]) -> np.ndarray:
     """Whether the boundary abstains on each row of `features` (its first columns are the evidence)."""
-    return below_boundary(features[:, :EVIDENCE], boundary)
+    return below_boundary(features[:, : len(evidence_names())], boundary)
 
 
 def single_questions(shared: Path, news_index: str) -> tuple[np.ndarray, float]:
@@ -99,7 +107,7 @@ def single_questions(shared: Path, news_index: str) -> tuple[np.ndarray, float]:
             "dev on the SQuAD articles": (top_features(dev, squad_index), False, -200 - np.arange(len(dev))),
             "SQuAD on CNN + BBC": (top_features(squad, news_index), False, np.arange(len(squad))),
         }
-    evidence = np.vstack([features[:, :EVIDENCE] for features, _, _ in sets.values()])
+    evidence = np.vstack([features[:, : len(evidence_names())] for features, _, _ in sets.values()])
     answerable = np.concatenate([np.full(len(features), label) for features, label, _ in sets.values()])
     groups = np.concatenate([group for _, _, group in sets.values()])
     held_out = np.zeros(len(evidence), dtype=bool)
@@ -127,7 +135,7 @@ def conversations(shared: Path, index_dir: str, boundary: tuple[np.ndarray, floa
     off_topic += load_questions(shared / "eval/dev.jsonl")
     positives = top_features([q for q in news if q.answerable], index_dir)
     negatives = top_features(off_topic, index_dir, [random.choice(histories) for _ in off_topic])
-    focus, own_coverage, own_words = EVIDENCE, EVIDENCE + 1, EVIDENCE + 2
+    focus, own_coverage, own_words = (len(evidence_names()) + i for i in range(3))
     print(f"\nconversations: {len(positives)} answerable, {len(negatives)} off-topic; best sentence in the "
           f"conversation's article for {np.mean(positives[:, focus] >= FOCUS_TRUSTED):.0%} and "
           f"{np.mean(negatives[:, focus] >= FOCUS_TRUSTED):.0%}")
@@ -138,16 +146,19 @@ def conversations(shared: Path, index_dir: str, boundary: tuple[np.ndarray, floa
             for features in (positives, negatives):
                 in_focus = features[:, focus] >= FOCUS_TRUSTED
                 focused = (features[:, own_words] >= MIN_OWN_WORDS) & (features[:, 0] < dense) & (features[:, own_coverage] < coverage)
-                rates.append(np.mean(np.where(in_focus, focused, abstains(features, boundary))))
+                rates.append(np.mean(np.where(in_focus, focused, below_boundary(features[:, :3], abstention_boundary()))))
             print(f"{'':30s}{dense:6.2f}  {coverage:13.2f}  {rates[0]:17.1%}  {rates[1]:24.1%}")
 
 
 def main() -> None:
+    global RERANKER
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared", default=str(SHARED), help="the shared folder with seeds/, eval/ and corpora/")
     parser.add_argument("--news-index", help="index of news/ (the CNN stories) and bbc/ to reuse; built if missing")
     parser.add_argument("--report-only", action="store_true", help="report the rates and write no boundary")
+    parser.add_argument("--reranker", default=RERANKER, help="fit the boundary used with this reranker (default: %(default)s)")
     args = parser.parse_args()
+    RERANKER = reranker_name(args.reranker)
     shared = Path(args.shared)
     with tempfile.TemporaryDirectory() as work:
         index_dir = args.news_index
@@ -158,12 +169,11 @@ def main() -> None:
             build_index(Path(work) / "articles", index_dir)
         boundary = single_questions(shared, index_dir)
         if not args.report_only:
-            ABSTENTION_FILE.write_text(
-                json.dumps({"evidence": list(ABSTENTION_EVIDENCE), "weights": [round(float(w), 4) for w in boundary[0]],
-                            "bias": round(boundary[1], 4)}, indent=2) + "\n",
-                encoding="utf-8",
-            )
-            print(f"wrote {ABSTENTION_FILE.name}")
+            stored = json.loads(ABSTENTION_FILE.read_text(encoding="utf-8"))
+            stored[RERANKER] = {"evidence": list(evidence_names()), "weights": [round(float(w), 4) for w in boundary[0]],
+                                "bias": round(boundary[1], 4)}
+            ABSTENTION_FILE.write_text(json.dumps(stored, indent=2) + "\n", encoding="utf-8")
+            print(f"wrote the {RERANKER} boundary in {ABSTENTION_FILE.name}")
         conversations(shared, index_dir, boundary)
 
 

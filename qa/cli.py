@@ -20,6 +20,10 @@ def main(argv: list[str] | None = None) -> int:
     for handler in logging.getLogger().handlers:
         handler.setLevel(level)  # also holds back libraries that set their own loggers to DEBUG
     try:
+        if getattr(args, "reranker", None):
+            from .reranker import RERANKER_ENV, reranker_name
+
+            os.environ[RERANKER_ENV] = reranker_name(args.reranker)  # every answer of this process, the chat's too
         return args.run(args)
     except KeyboardInterrupt:
         print("interrupted; the previous index is unchanged", file=sys.stderr)
@@ -53,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_index(ask)
     ask.add_argument("--top-k", type=int, default=config.MAX_QUOTES, help="most quotes in an answer (default: %(default)s)")
     _add_scope(ask)
+    _add_reranker(ask)
     ask.set_defaults(run=_ask)
 
     evaluate = commands.add_parser("eval", help="score a question set", description="Score answers on a JSON-lines question set.")
@@ -61,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_scope(evaluate)
     evaluate.add_argument("--self-history", action="store_true", help="ask each conversation in order, with qa's own earlier answers as its history")
     evaluate.add_argument("--show-misses", action="store_true", help="list the ids of questions that missed")
+    _add_reranker(evaluate)
     evaluate.set_defaults(run=_eval)
 
     serve = commands.add_parser("serve", help="start the web chat", description="Start the web chat.")
@@ -70,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
     serve.add_argument("--auth", default=os.environ.get("QA_AUTH"), help="USER:PASSWORD login for the chat (default: $QA_AUTH)")
     serve.add_argument("--no-watch", action="store_true", help="update the index on start only, not on every change to the folder")
+    _add_reranker(serve)
     serve.set_defaults(run=_serve)
     return parser
 
@@ -84,6 +91,15 @@ def _add_index(parser: argparse.ArgumentParser) -> None:
         "--store",
         help=f"keep the index in Milvus instead: milvus:PATH (a Milvus Lite file) or http(s)://HOST:PORT (a Milvus "
         f"server; token in $QA_MILVUS_TOKEN) (default: ${config.STORE_ENV}, else the --index folder)",
+    )
+
+
+def _add_reranker(parser: argparse.ArgumentParser) -> None:
+    from .reranker import DEFAULT_RERANKER, NO_RERANKER, RERANKER_ENV
+
+    parser.add_argument(
+        "--reranker", help=f"the cross-encoder that reads the best sentences against the question, or {NO_RERANKER} for "
+        f"the linear ranker alone (default: ${RERANKER_ENV} or {DEFAULT_RERANKER})",
     )
 
 

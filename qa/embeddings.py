@@ -209,11 +209,11 @@ class Embedder:
 
 def _onnx_session(model, model_name: str, graph: str):
     """Load one graph (FLOAT_FILE or INT8_FILE) of the model's ONNX export, exporting it first if not cached."""
-    return _inference_session(_onnx_export(model, model_name) / graph)
+    return inference_session(_onnx_export(model, model_name) / graph)
 
 
 @lru_cache(maxsize=None)
-def _inference_session(graph: Path):
+def inference_session(graph: Path):
     """The process's ONNX Runtime session on one graph file, fully optimised, on the CPU. Builds and questions share
     it: one copy of the weights, and no second pool of threads left spinning beside the one a question runs on."""
     import onnxruntime
@@ -323,21 +323,27 @@ class QueryEncoder:
         self.tokenizer = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(max_length=settings["max_tokens"])
-        self.session = _inference_session(folder / (INT8_FILE if backend == "onnx" else FLOAT_FILE))
+        self.session = inference_session(folder / (INT8_FILE if backend == "onnx" else FLOAT_FILE))
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """(n, dim) unit vectors, mean-pooled over each text's tokens."""
-        encodings = self.tokenizer.encode_batch(list(texts))
-        width = max(len(e.ids) for e in encodings)
-        feeds = {name: np.zeros((len(encodings), width), dtype=np.int64) for name in self.inputs}
-        for row, encoding in enumerate(encodings):
-            length = len(encoding.ids)
-            columns = {"input_ids": encoding.ids, "attention_mask": encoding.attention_mask, "token_type_ids": encoding.type_ids}
-            for name in self.inputs:
-                feeds[name][row, :length] = columns[name]
+        feeds = token_feeds(self.tokenizer, texts, self.inputs)
         tokens = self.session.run(None, feeds)[0]
         weights = feeds["attention_mask"][:, :, None].astype(np.float32)
         return _unit((tokens * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9))
+
+
+def token_feeds(tokenizer, texts: Sequence[str | tuple[str, str]], inputs: Sequence[str]) -> dict[str, np.ndarray]:
+    """An ONNX graph's `inputs` (token ids, attention mask, segment ids) for texts or (first, second) text pairs,
+    tokenised by `tokenizers` and padded to the longest."""
+    encodings = tokenizer.encode_batch(list(texts))
+    width = max(len(e.ids) for e in encodings)
+    feeds = {name: np.zeros((len(encodings), width), dtype=np.int64) for name in inputs}
+    for row, encoding in enumerate(encodings):
+        columns = {"input_ids": encoding.ids, "attention_mask": encoding.attention_mask, "token_type_ids": encoding.type_ids}
+        for name in inputs:
+            feeds[name][row, : len(encoding.ids)] = columns[name]
+    return feeds
 
 
 _query_encoders: dict[tuple[str, str], QueryEncoder | None] = {}

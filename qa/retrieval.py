@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .keywords import TermCounts, bm25_terms, concatenated_ranges, idf, query_terms
+from .reranker import Reranker, passage_text, question_text
 from .scope import Scope
 from .store import FORMAT_VERSION, ChunkRows, IndexCorruptError, IndexReader, KeywordStats, SentenceRows, open_store
 
@@ -102,6 +103,8 @@ class RankedSentence:
     text: str
     sha1: str
     vector: np.ndarray
+    relevance: float = float("nan")
+    """The reranker's logit for the sentence (NaN when no reranker read it)."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,8 @@ class Query:
     asked: str
     asked_vector: np.ndarray
     focus: Focus = field(default_factory=Focus)
+    context: str = ""
+    """What the conversation lends the question when the reranker reads it (see qa.reranker.conversation_context)."""
 
 
 @dataclass(frozen=True)
@@ -176,27 +181,40 @@ class LoadedIndex:
             return fast.encode(texts)
         return get_embedder(self.info.model, self.info.backend).encode_texts(texts)
 
-    def query(self, text: str, asked: str | None = None, focus: Focus | None = None) -> Query:
+    def query(self, text: str, asked: str | None = None, focus: Focus | None = None, context: str = "") -> Query:
         """`text` ready to rank with: `asked` is the question as the reader typed it (default: `text`); when they
         differ, both are encoded in one batch."""
         asked = text if asked is None else asked
         vectors = self.encode_queries([text] if asked == text else [text, asked])
-        return Query(text, vectors[0], asked, vectors[-1], focus or Focus())
+        return Query(text, vectors[0], asked, vectors[-1], focus or Focus(), context)
 
-    def rank(self, query: Query, scope: Scope | None = None, limit: int = RANKED_SENTENCES) -> list[RankedSentence]:
+    def rank(
+        self, query: Query, scope: Scope | None = None, limit: int = RANKED_SENTENCES, reranker: Reranker | None = None
+    ) -> list[RankedSentence]:
         """The `limit` best sentences from the best chunks (and from the conversation's articles), most relevant
-        first; only from articles in `scope` when it is given."""
+        first; only from articles in `scope` when it is given. With a `reranker`, only the linear ranker's best
+        `reranker.settings.depth` are returned, each scored again with the reranker's relevance added."""
         found = self.candidates(query, scope)
         sentences = found.sentences
         if not len(sentences):
             return []
         scores = found.features @ ranker_weights()
         best = np.argsort(-scores)[:limit]
+        relevance = np.full(len(best), np.nan, dtype=np.float32)
+        if reranker is not None:
+            best = best[: reranker.settings.depth]
+            passages = [passage_text(self.reader.article(a).title, sentences.text[i])
+                        for a, i in zip(sentences.article[best].tolist(), best)]
+            relevance = reranker.score(question_text(query.asked, query.context), passages)
+            scores = scores.copy()
+            scores[best] += reranker.settings.weight * relevance
+            order = np.argsort(-scores[best], kind="stable")
+            best, relevance = best[order], relevance[order]
         columns = zip(
             sentences.ids[best].tolist(), scores[best].tolist(), found.chunk_dense[best].tolist(),
             found.keyword_coverage[best].tolist(), sentences.article[best].tolist(), sentences.position[best].tolist(),
             sentences.start[best].tolist(), sentences.end[best].tolist(), [sentences.text[i] for i in best],
-            [sentences.sha1[i] for i in best], sentences.vectors[best],
+            [sentences.sha1[i] for i in best], sentences.vectors[best], relevance.tolist(),
         )
         return [RankedSentence(*values) for values in columns]
 
@@ -349,12 +367,13 @@ def ranker_weights() -> np.ndarray:
     return np.array(stored["weights"], dtype=np.float32)
 
 
-def learned(path: Path, inputs_key: str, inputs: tuple[str, ...], script: str) -> dict:
-    """A fit stored by a bench script, checked to be over `inputs` (listed under `inputs_key`); raises RuntimeError
-    saying to run `script` again when it is not."""
+def learned(path: Path, inputs_key: str, inputs: tuple[str, ...], script: str, entry: str | None = None) -> dict:
+    """A fit stored by a bench script (the whole file, or its `entry`), checked to be over `inputs` (listed under
+    `inputs_key`); raises RuntimeError saying to run `script` again when it is not."""
     stored = json.loads(path.read_text(encoding="utf-8"))
-    if tuple(stored[inputs_key]) != inputs:
-        raise RuntimeError(f"{path} was fitted on other {inputs_key}; run `python {script}`")
+    stored = stored.get(entry, {}) if entry is not None else stored
+    if tuple(stored.get(inputs_key, ())) != inputs:
+        raise RuntimeError(f"{path} holds no fit over these {inputs_key}{f' for {entry}' if entry else ''}; run `python {script}`")
     return stored
 
 

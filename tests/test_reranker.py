@@ -1,0 +1,89 @@
+"""The trained reranker, as a reader meets it: shipped with qa, used by default, answering questions worded unlike
+their answer, still abstaining off topic, and switched off with "none" to give the linear ranker's answers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import qa
+from qa.answers import read_question
+from qa.evaluate import citation_is_intact, is_hit, load_questions
+from qa.reranker import DEFAULT_RERANKER, MODELS_DIR, get_reranker, reranker_name
+from qa.retrieval import load_index
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+SQUAD = SHARED / "eval" / "squad"
+DEV = SHARED / "eval" / "dev.jsonl"
+PARAPHRASED = "Who other than Tesla did Westinghouse consider for the patents?"
+"""A SQuAD dev question worded unlike its answer ("Westinghouse looked into getting a patent on a similar ... motor
+presented in a paper ... by the Italian physicist Galileo Ferraris"); the linear ranker alone does not quote it."""
+
+
+@pytest.fixture(scope="module")
+def squad_index(tmp_path_factory) -> str:
+    index_dir = tmp_path_factory.mktemp("squad-index")
+    qa.build_index(SQUAD / "articles", index_dir)
+    return str(index_dir)
+
+
+@pytest.fixture(scope="module")
+def seeds_index(tmp_path_factory) -> str:
+    index_dir = tmp_path_factory.mktemp("seeds-index")
+    qa.build_index(ROOT / "seeds", index_dir)
+    return str(index_dir)
+
+
+def test_the_reranker_ships_with_the_package_and_is_used(squad_index):
+    assert reranker_name() == DEFAULT_RERANKER
+    folder = MODELS_DIR / DEFAULT_RERANKER
+    assert sum(f.stat().st_size for f in folder.iterdir()) < 25_000_000
+    reranker = get_reranker()
+    index = load_index(squad_index)
+    ranked = index.rank(read_question(index, "When did Kenya become independent?", None), reranker=reranker)
+    assert 0 < len(ranked) <= reranker.settings.depth
+    assert all(np.isfinite(s.relevance) for s in ranked)
+    assert [s.score for s in ranked] == sorted((s.score for s in ranked), reverse=True)
+    reply = qa.answer("When did Kenya become independent?", index_dir=squad_index)
+    assert not reply.abstained and "1963" in reply.citations[0].quote
+
+
+def test_with_none_the_ranking_is_the_linear_rankers(squad_index):
+    index = load_index(squad_index)
+    question = "Who was the head coach of the Denver Broncos?"
+    linear = index.rank(read_question(index, question, None))
+    reply = qa.answer(question, index_dir=squad_index, reranker="none")
+    assert all(np.isnan(s.relevance) for s in linear)
+    assert reply.citations[0].score == round(linear[0].score, 4)
+    assert reply.citations[0].start == linear[0].start or reply.citations[0].start < linear[0].start < reply.citations[0].end
+
+
+def test_a_question_worded_unlike_its_answer_is_answered(squad_index):
+    question = next(q for q in load_questions(SQUAD / "questions.jsonl") if q.question == PARAPHRASED)
+    reply = qa.answer(question.question, index_dir=squad_index)
+    assert is_hit(question, reply)
+    assert all(citation_is_intact(c) for c in reply.citations)
+
+
+def test_off_topic_questions_still_abstain_and_every_quote_is_intact(seeds_index):
+    for question in load_questions(DEV):
+        reply = qa.answer(question.question, index_dir=seeds_index)
+        assert is_hit(question, reply), question.question
+        assert all(citation_is_intact(c) for c in reply.citations)
+        if not question.answerable:
+            assert reply.abstained and not reply.citations
+
+
+def test_an_unknown_reranker_is_a_one_line_error(seeds_index):
+    done = subprocess.run(
+        [sys.executable, "-m", "qa.cli", "ask", "Where did they meet?", "--index", seeds_index, "--reranker", "bert-xl"],
+        capture_output=True, text=True,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and "unknown reranker 'bert-xl'" in done.stderr
+    assert "none" in done.stderr
