@@ -127,7 +127,7 @@ def single_questions(shared: Path, news_index: str) -> tuple[np.ndarray, float]:
     return boundary
 
 
-def conversations(shared: Path, index_dir: str, boundary: tuple[np.ndarray, float]) -> None:
+def conversations(shared: Path, index_dir: str) -> None:
     random.seed(SEED)
     news = load_questions(shared / "eval/news/questions.jsonl")
     histories = [q.history for q in news if len(q.history) >= 2]
@@ -146,7 +146,8 @@ def conversations(shared: Path, index_dir: str, boundary: tuple[np.ndarray, floa
             for features in (positives, negatives):
                 in_focus = features[:, focus] >= FOCUS_TRUSTED
                 focused = (features[:, own_words] >= MIN_OWN_WORDS) & (features[:, 0] < dense) & (features[:, own_coverage] < coverage)
-                rates.append(np.mean(np.where(in_focus, focused, below_boundary(features[:, :3], abstention_boundary()))))
+                elsewhere = below_boundary(features[:, : len(ABSTENTION_EVIDENCE)], abstention_boundary())
+                rates.append(np.mean(np.where(in_focus, focused, elsewhere)))
             print(f"{'':30s}{dense:6.2f}  {coverage:13.2f}  {rates[0]:17.1%}  {rates[1]:24.1%}")
 
 
@@ -174,7 +175,7 @@ def main() -> None:
                                 "bias": round(boundary[1], 4)}
             ABSTENTION_FILE.write_text(json.dumps(stored, indent=2) + "\n", encoding="utf-8")
             print(f"wrote the {RERANKER} boundary in {ABSTENTION_FILE.name}")
-        conversations(shared, index_dir, boundary)
+        conversations(shared, index_dir)
 
 
 if __name__ == "__main__":

@@ -167,7 +167,7 @@ def _off_topic(index: LoadedIndex, query: Query, best: RankedSentence, reranker:
     refused only when that article holds few of them and the best chunk is far in meaning. Otherwise the learned
     boundary over the best sentence's evidence decides: the reranker's for a single question, and the one without the
     reranker's relevance for a question in a conversation (its relevance runs lower there: with it, 3.5% of the CNN
-    conversations' answerable questions were refused instead of 1.6%)."""
+    conversations' answerable questions were refused)."""
     if query.focus.articles.get(best.article, 0.0) >= FOCUS_TRUSTED:
         own_words = content_words(query.asked)
         return (
