@@ -16,7 +16,7 @@ import numpy as np
 from . import config
 from .articles import text_of
 from .followup import QUOTATION_MARKS, EarlierTurn, content_words, read_conversation
-from .reranker import NO_RERANKER, conversation_context, get_reranker, reranker_name
+from .reranker import NO_RERANKER, conversation_context, get_reranker
 from .retrieval import LoadedIndex, Query, RankedSentence, learned, load_index
 from .scope import Scope
 
@@ -125,11 +125,10 @@ def answer(
     index = load_index(index_dir, store)
     scope = Scope.of(where, index.articles_dir)
     abstention = ABSTAIN_TEXT if scope is None else ABSTAIN_SCOPED_TEXT
-    name = reranker_name(reranker)
-    reader = get_reranker(name)
+    reader = get_reranker(reranker)
     query = read_question(index, question, history)
     ranked = index.rank(query, scope, reranker=reader)
-    if not ranked or _off_topic(index, query, ranked[0], name):
+    if not ranked or _off_topic(index, query, ranked[0], reader.name if reader else NO_RERANKER):
         return Answer(question=question, text=abstention, abstained=True)
     citations = _cite(index, _select(ranked, top_k, reader.settings.quote_margin if reader else QUOTE_SCORE_MARGIN))
     if not citations:

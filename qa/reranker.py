@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .embeddings import inference_session, token_feeds
+
 logger = logging.getLogger(__name__)
 
 RERANKER_ENV = "QA_RERANKER"
@@ -87,28 +89,15 @@ class Reranker:
         self.tokenizer = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(max_length=self.settings.max_tokens, strategy="longest_first")
-        self.session = _session(folder / GRAPH_FILE)
+        self.session = inference_session(folder / GRAPH_FILE, spinning=False)
         self.inputs = [i.name for i in self.session.get_inputs()]
 
     def score(self, question: str, passages: Sequence[str]) -> np.ndarray:
         """One relevance logit per passage (higher: more likely to answer the question)."""
         if not passages:
             return np.zeros(0, dtype=np.float32)
-        from .embeddings import token_feeds
-
         feeds = token_feeds(self.tokenizer, [(question, passage) for passage in passages], self.inputs)
         return self.session.run(None, feeds)[0].reshape(-1)
-
-
-def _session(graph: Path):
-    """An ONNX Runtime session whose threads do not spin after a run: the question encoder's session runs just before
-    it in the same process, and two pools of spinning threads on two cores slow both."""
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return onnxruntime.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
 
 
 _lock = threading.Lock()

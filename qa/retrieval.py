@@ -206,7 +206,6 @@ class LoadedIndex:
             passages = [passage_text(self.reader.article(a).title, sentences.text[i])
                         for a, i in zip(sentences.article[best].tolist(), best)]
             relevance = reranker.score(question_text(query.asked, query.context), passages)
-            scores = scores.copy()
             scores[best] += reranker.settings.weight * relevance
             order = np.argsort(-scores[best], kind="stable")
             best, relevance = best[order], relevance[order]
