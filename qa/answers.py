@@ -19,6 +19,7 @@ from .followup import QUOTATION_MARKS, EarlierTurn, content_words, read_conversa
 from .reranker import NO_RERANKER, conversation_context, get_reranker
 from .retrieval import LoadedIndex, Query, RankedSentence, learned, load_index
 from .scope import Scope
+from .spans import QuotedSentence, ShortAnswer, short_answer
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,17 @@ class Answer:
     text: str
     citations: list[Citation] = field(default_factory=list)
     abstained: bool = False
+    short: ShortAnswer | None = None
+    """The answer in a few words, inside one of the quotes, when the reader is confident of it."""
+
+    @property
+    def short_citation(self) -> int | None:
+        """The number (from 1, as the text numbers them) of the quote that holds the short answer."""
+        short = self.short
+        if short is None:
+            return None
+        return next((number for number, c in enumerate(self.citations, start=1)
+                     if c.path == short.path and c.start <= short.start and short.end <= c.end), None)
 
 
 Turn = tuple[str, "str | Answer"]
@@ -130,10 +142,12 @@ def answer(
     ranked = index.rank(query, scope, reranker=reader)
     if not ranked or _off_topic(index, query, ranked[0], reader.name if reader else NO_RERANKER):
         return Answer(question=question, text=abstention, abstained=True)
-    citations = _cite(index, _select(ranked, top_k, reader.settings.quote_margin if reader else QUOTE_SCORE_MARGIN))
+    citations, quoted = _cite(index, _select(ranked, top_k, reader.settings.quote_margin if reader else QUOTE_SCORE_MARGIN))
     if not citations:
         return Answer(question=question, text=abstention, abstained=True)
-    return Answer(question=question, text=_compose(citations), citations=citations)
+    confidence = reader.settings.short_answer_confidence if reader else None
+    short = None if confidence is None else short_answer(question, ranked, quoted, confidence)
+    return Answer(question=question, text=_compose(citations), citations=citations, short=short)
 
 
 def read_question(index: LoadedIndex, question: str, history: Sequence[Turn] | None) -> Query:
@@ -161,12 +175,18 @@ def _earlier_turn(question: str, reply: str | Answer) -> EarlierTurn:
 def _off_topic(index: LoadedIndex, query: Query, best: RankedSentence, reranker: str) -> bool:
     """True when even the best evidence is too far from the question, in meaning and in wording, to answer it.
 
-    When the best sentence stands in the article the conversation is about, a question with almost no words of its
-    own ("Why?", "What was it called?") asks about that article and is answered; one with words of its own is
-    refused only when that article holds few of them and the best chunk is far in meaning. Otherwise the learned
-    boundary over the best sentence's evidence decides: the reranker's for a single question, and the one without the
-    reranker's relevance for a question in a conversation (its relevance runs lower there: with it, 3.5% of the CNN
-    conversations' answerable questions were refused)."""
+    A question that stands on its own (not a follow-up), in a conversation too, is refused by the reranker's
+    single-question boundary unless its best sentence stands in the article the conversation is now about ("Who
+    painted the Mona Lisa?" after questions on a burglary). Then, when the best sentence stands in an article the
+    conversation is about, a question with almost no words of its own ("Why?", "What was it called?") asks about that
+    article and is answered; one with words of its own is refused only when that article holds few of them and the
+    best chunk is far in meaning. Otherwise the learned boundary over the best sentence's evidence decides: the
+    reranker's for a single question, and the one without the reranker's relevance for a question in a conversation
+    (its relevance runs lower there: with it, 3.5% of the CNN conversations' answerable questions were refused)."""
+    evidence = answer_evidence(best, query)
+    if (reranker != NO_RERANKER and not query.focus.followup and query.focus.articles.get(best.article, 0.0) < 1.0
+            and below_boundary(evidence, abstention_boundary(reranker))):
+        return True
     if query.focus.articles.get(best.article, 0.0) >= FOCUS_TRUSTED:
         own_words = content_words(query.asked)
         return (
@@ -174,9 +194,9 @@ def _off_topic(index: LoadedIndex, query: Query, best: RankedSentence, reranker:
             and best.chunk_dense < ABSTAIN_FOCUS_DENSE
             and index.article_coverage(" ".join(own_words), best.article) < ABSTAIN_FOCUS_COVERAGE
         )
-    if query.context:  # the reranker's boundary was fitted on single questions; a conversation's are judged without it
-        return bool(below_boundary(answer_evidence(best, query)[: len(ABSTENTION_EVIDENCE)], abstention_boundary()))
-    return bool(below_boundary(answer_evidence(best, query), abstention_boundary(reranker)))
+    if query.context:  # the reranker's boundary was fitted on single questions; a follow-up is judged without it
+        return bool(below_boundary(evidence[: len(ABSTENTION_EVIDENCE)], abstention_boundary()))
+    return bool(below_boundary(evidence, abstention_boundary(reranker)))
 
 
 def answer_evidence(best: RankedSentence, query: Query) -> np.ndarray:
@@ -218,8 +238,9 @@ def _select(ranked: list[RankedSentence], top_k: int, margin: float) -> list[Ran
     return chosen
 
 
-def _cite(index: LoadedIndex, chosen: list[RankedSentence]) -> list[Citation]:
-    """Quotes for the chosen sentences, adjacent ones merged, most relevant first, checked against the files."""
+def _cite(index: LoadedIndex, chosen: list[RankedSentence]) -> tuple[list[Citation], list[QuotedSentence]]:
+    """Quotes for the chosen sentences, adjacent ones merged, most relevant first, checked against the files; and
+    the sentences quoted, with the text they were checked against."""
     groups: list[list[RankedSentence]] = []
     for sentence in sorted(chosen, key=lambda s: (s.article, s.position)):
         previous = groups[-1][-1] if groups else None
@@ -228,7 +249,7 @@ def _cite(index: LoadedIndex, chosen: list[RankedSentence]) -> list[Citation]:
         else:
             groups.append([sentence])
     groups.sort(key=lambda group: -max(s.score for s in group))
-    citations, file_texts = [], {}
+    citations, quoted, file_texts = [], [], {}
     for group in groups:
         article = index.reader.article(group[0].article)
         path = index.articles_dir / article.path
@@ -250,7 +271,8 @@ def _cite(index: LoadedIndex, chosen: list[RankedSentence]) -> list[Citation]:
                 score=round(max(s.score for s in group), 4),
             )
         )
-    return citations
+        quoted.extend(QuotedSentence(s, str(path), text) for s in group)
+    return citations, quoted
 
 
 def _adjacent(first: RankedSentence, second: RankedSentence) -> bool:

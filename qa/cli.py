@@ -165,6 +165,8 @@ def _ask(args: argparse.Namespace) -> int:
 def _print_answer(reply) -> None:
     from .articles import article_text
 
+    if reply.short is not None:
+        print(f"{reply.short.text} [{reply.short_citation}]\n")
     print(reply.text)
     for number, citation in enumerate(reply.citations, start=1):
         line = article_text(citation.path).count("\n", 0, citation.start) + 1
@@ -183,7 +185,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .chat import serve
+    from .web import serve
 
     auth = None
     if args.auth:

@@ -340,7 +340,11 @@ class QueryEncoder:
 def token_feeds(tokenizer, texts: Sequence[str | tuple[str, str]], inputs: Sequence[str]) -> dict[str, np.ndarray]:
     """An ONNX graph's `inputs` (token ids, attention mask, segment ids) for texts or (first, second) text pairs,
     tokenised by `tokenizers` and padded to the longest."""
-    encodings = tokenizer.encode_batch(list(texts))
+    return padded_feeds(tokenizer.encode_batch(list(texts)), inputs)
+
+
+def padded_feeds(encodings: Sequence, inputs: Sequence[str]) -> dict[str, np.ndarray]:
+    """An ONNX graph's `inputs` for `tokenizers` encodings, padded to the longest."""
     width = max(len(e.ids) for e in encodings)
     feeds = {name: np.zeros((len(encodings), width), dtype=np.int64) for name in inputs}
     for row, encoding in enumerate(encodings):

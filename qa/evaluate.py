@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
+import string
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +20,8 @@ from .articles import article_text
 from .followup import normalize
 from .retrieval import load_index
 
-
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCTUATION = frozenset(string.punctuation)
 
 @dataclass(frozen=True)
 class Question:
@@ -78,6 +82,12 @@ class EvalReport:
     citations: int = 0
     intact_citations: int = 0
     quoted_characters: list[int] = field(default_factory=list)
+    short_answers: int = 0
+    intact_short_answers: int = 0
+    short_on_abstentions: int = 0
+    exact_matches: float = 0.0
+    f1_total: float = 0.0
+    """Sums over the answerable questions of the short answers' exact match and token F1 (0 without one)."""
     latencies_ms: list[float] = field(default_factory=list)
     startup_ms: float = 0.0
     misses: list[str] = field(default_factory=list)
@@ -94,10 +104,57 @@ class EvalReport:
         lines += [
             f"citation integrity   {self.intact_citations}/{self.citations} ({self.integrity:.1%})",
             f"mean quoted chars    {np.mean(self.quoted_characters or [0]):.0f} (per answered question, all quotes together)",
+            *self.short_lines(),
             f"latency p50 / p95    {np.percentile(latencies, 50):.1f} ms / {np.percentile(latencies, 95):.1f} ms"
             f" (after {self.startup_ms:.0f} ms loading the model and index)",
         ]
         return "\n".join(lines)
+
+
+    def add_short(self, question: Question, reply: Answer) -> None:
+        """Count the reply's short answer: its integrity, and against the gold answers of an answerable question."""
+        if reply.short is None:
+            return
+        self.short_answers += 1
+        self.intact_short_answers += short_is_intact(reply)
+        self.short_on_abstentions += reply.abstained
+        if question.answerable:
+            golds = [alternative for group in question.gold for alternative in group]
+            self.exact_matches += exact_match(reply.short.text, golds)
+            self.f1_total += token_f1(reply.short.text, golds)
+
+    def short_lines(self) -> list[str]:
+        answerable = self.overall.answerable
+        return [
+            f"short answers        {self.short_answers}/{answerable + self.overall.unanswerable}; over the answerable "
+            f"questions: exact match {_percent(round(self.exact_matches), answerable)}, F1 {_percent(round(self.f1_total), answerable)}",
+            f"short integrity      {self.intact_short_answers}/{self.short_answers} inside a quote and exact;"
+            f" {self.short_on_abstentions} on abstentions",
+        ]
+
+
+def answer_tokens(text: str) -> list[str]:
+    """SQuAD's normalisation of an answer: lower case, no punctuation, no articles (a, an, the), split at spaces."""
+    text = "".join(character for character in normalize(text) if character not in _PUNCTUATION)
+    return _ARTICLES.sub(" ", text).split()
+
+
+def exact_match(prediction: str, golds: Sequence[str]) -> float:
+    """1.0 when the prediction equals one of the gold answers after SQuAD's normalisation, else 0.0."""
+    return float(any(answer_tokens(prediction) == answer_tokens(gold) for gold in golds))
+
+
+def token_f1(prediction: str, golds: Sequence[str]) -> float:
+    """The best token F1 of the prediction against any gold answer, after SQuAD's normalisation."""
+    predicted = answer_tokens(prediction)
+    best = 0.0
+    for gold in golds:
+        expected = answer_tokens(gold)
+        common = sum((Counter(predicted) & Counter(expected)).values())
+        if common:
+            precision, recall = common / len(predicted), common / len(expected)
+            best = max(best, 2 * precision * recall / (precision + recall))
+    return best
 
 
 def _percent(part: int, whole: int) -> str:
@@ -151,6 +208,16 @@ def from_story(question: Question, reply: Answer, top_k: int = config.MAX_QUOTES
 
 def _in_story(citation, story: str) -> bool:
     return Path(citation.path).name == story
+
+
+def short_is_intact(reply: Answer) -> bool:
+    """Whether the short answer is the exact article text at its offsets, inside one of the reply's quotes."""
+    short = reply.short
+    try:
+        exact = article_text(short.path)[short.start : short.end] == short.text
+    except (OSError, ValueError):
+        return False
+    return exact and any(c.path == short.path and c.start <= short.start and short.end <= c.end for c in reply.citations)
 
 
 def citation_is_intact(citation) -> bool:
@@ -210,6 +277,7 @@ def evaluate(
             report.misses.append(question.id)
         if not reply.abstained:
             report.quoted_characters.append(sum(len(c.quote) for c in reply.citations))
+        report.add_short(question, reply)
         report.citations += len(reply.citations)
         report.intact_citations += sum(citation_is_intact(c) for c in reply.citations)
     return report

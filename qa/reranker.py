@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .embeddings import inference_session, token_feeds
+from .embeddings import inference_session, padded_feeds
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +27,8 @@ GRAPH_FILE = "model_qint8.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 SETTINGS_FILE = "settings.json"
 """Written last by the training script: the token budget, the rerank depth and the blend weight."""
+MAX_SPAN_TOKENS = 24
+"""The longest short answer the reader gives, in word pieces."""
 CONTEXT_WORDS = 24
 """Words of the last answer that the question takes along as its context."""
 _CITATION_MARK = re.compile(r"\s*\[\d+\]")
@@ -43,6 +45,27 @@ class RerankerSettings:
     depth: int
     weight: float
     quote_margin: float
+    short_answer_confidence: float | None = None
+    """A short answer is given only at this confidence or above (None: the model gives none)."""
+
+
+@dataclass(frozen=True)
+class AnswerSpan:
+    """Where the short answer stands in a sentence (`sentence[start:end]`, whole words), and the reader's probability
+    for it were that sentence the one that answers."""
+
+    start: int
+    end: int
+    probability: float
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What the reader makes of each passage: its relevance logit, and the short answer in its sentence (None when
+    the model has no span head)."""
+
+    relevance: np.ndarray
+    spans: list[AnswerSpan | None]
 
 
 def reranker_name(value: str | None = None) -> str:
@@ -71,7 +94,49 @@ def question_text(question: str, context: str) -> str:
 
 def passage_text(title: str, sentence: str) -> str:
     """The second text of a pair: the sentence, after its article's title."""
-    return f"{title}: {_SPACE_RUN.sub(' ', sentence).strip()}"
+    return f"{passage_prefix(title)}{_SPACE_RUN.sub(' ', sentence).strip()}"
+
+
+def passage_prefix(title: str) -> str:
+    """What stands before the sentence in a passage (its article's title)."""
+    return f"{title}: "
+
+
+def sentence_tokens(encoding, prefix_chars: int) -> np.ndarray:
+    """Which tokens of a (question, passage) encoding belong to the passage's sentence, after its `prefix_chars`
+    characters of title: where a short answer may start and end."""
+    return np.array([sequence == 1 and begin >= prefix_chars and end > begin
+                     for sequence, (begin, end) in zip(encoding.sequence_ids, encoding.offsets)], dtype=bool)
+
+
+def best_span(start_logits: np.ndarray, end_logits: np.ndarray, allowed: np.ndarray) -> tuple[int, int, float]:
+    """The most probable (first token, last token) of a span over the `allowed` tokens, at most MAX_SPAN_TOKENS long,
+    and its probability (start and end each a softmax over the allowed tokens); (-1, -1, 0.0) when none is allowed."""
+    if not allowed.any():
+        return -1, -1, 0.0
+    start_p, end_p = _softmax_over(start_logits, allowed), _softmax_over(end_logits, allowed)
+    joint = np.triu(np.tril(np.outer(start_p, end_p), MAX_SPAN_TOKENS - 1))
+    first, last = np.unravel_index(int(np.argmax(joint)), joint.shape)
+    return int(first), int(last), float(joint[first, last])
+
+
+def _softmax_over(logits: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    shifted = np.where(allowed, logits - logits[allowed].max(), -np.inf)
+    weights = np.exp(shifted)
+    return weights / weights.sum()
+
+
+def word_span(sentence: str, start: int, end: int) -> tuple[int, int]:
+    """(start, end) widened to whole words of `sentence`, and trimmed of surrounding punctuation and space."""
+    while start > 0 and sentence[start - 1].isalnum():
+        start -= 1
+    while end < len(sentence) and sentence[end].isalnum():
+        end += 1
+    while start < end and not sentence[start].isalnum() and sentence[start] not in "$£€#":
+        start += 1
+    while end > start and not sentence[end - 1].isalnum() and sentence[end - 1] not in "%)":
+        end -= 1
+    return start, end
 
 
 class Reranker:
@@ -83,8 +148,10 @@ class Reranker:
 
         stored = json.loads((folder / SETTINGS_FILE).read_text(encoding="utf-8"))
         self.name = folder.name
+        confidence = stored.get("short_answer_confidence")
         self.settings = RerankerSettings(
-            int(stored["max_tokens"]), int(stored["depth"]), float(stored["weight"]), float(stored["quote_margin"])
+            int(stored["max_tokens"]), int(stored["depth"]), float(stored["weight"]), float(stored["quote_margin"]),
+            None if confidence is None else float(confidence),
         )
         self.tokenizer = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
         self.tokenizer.no_padding()
@@ -92,12 +159,30 @@ class Reranker:
         self.session = inference_session(folder / GRAPH_FILE, spinning=False)
         self.inputs = [i.name for i in self.session.get_inputs()]
 
-    def score(self, question: str, passages: Sequence[str]) -> np.ndarray:
-        """One relevance logit per passage (higher: more likely to answer the question)."""
-        if not passages:
-            return np.zeros(0, dtype=np.float32)
-        feeds = token_feeds(self.tokenizer, [(question, passage) for passage in passages], self.inputs)
-        return self.session.run(None, feeds)[0].reshape(-1)
+    def read(self, question: str, sentences: Sequence[tuple[str, str]]) -> Reading:
+        """Read each (title, sentence) against the question: the relevance logits (higher: more likely to answer)
+        and, with a span head, the short answer within each sentence (offsets into the sentence with its runs of
+        white space folded, as the index keeps it)."""
+        if not sentences:
+            return Reading(np.zeros(0, dtype=np.float32), [])
+        encodings = self.tokenizer.encode_batch([(question, passage_text(title, text)) for title, text in sentences])
+        outputs = self.session.run(None, padded_feeds(encodings, self.inputs))
+        relevance = outputs[0].reshape(-1)
+        if len(outputs) < 3:
+            return Reading(relevance, [None] * len(sentences))
+        spans = []
+        for row, (encoding, (title, text)) in enumerate(zip(encodings, sentences)):
+            prefix = len(passage_prefix(title))
+            width = len(encoding.ids)
+            first, last, probability = best_span(outputs[1][row, :width], outputs[2][row, :width],
+                                                 sentence_tokens(encoding, prefix))
+            if first < 0:
+                spans.append(None)
+                continue
+            sentence = passage_text(title, text)[prefix:]
+            start, end = word_span(sentence, encoding.offsets[first][0] - prefix, encoding.offsets[last][1] - prefix)
+            spans.append(AnswerSpan(start, end, probability) if start < end else None)
+        return Reading(relevance, spans)
 
 
 _lock = threading.Lock()

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .keywords import TermCounts, bm25_terms, concatenated_ranges, idf, query_terms
-from .reranker import Reranker, passage_text, question_text
+from .reranker import AnswerSpan, Reranker, question_text
 from .scope import Scope
 from .store import FORMAT_VERSION, ChunkRows, IndexCorruptError, IndexReader, KeywordStats, SentenceRows, open_store
 
@@ -105,6 +105,8 @@ class RankedSentence:
     vector: np.ndarray
     relevance: float = float("nan")
     """The reranker's logit for the sentence (NaN when no reranker read it)."""
+    answer_span: AnswerSpan | None = None
+    """Where the reranker reads the short answer in `text`, were this the sentence that answers."""
 
 
 @dataclass(frozen=True)
@@ -201,19 +203,20 @@ class LoadedIndex:
         scores = found.features @ ranker_weights()
         best = np.argsort(-scores)[:limit]
         relevance = np.full(len(best), np.nan, dtype=np.float32)
+        spans: list[AnswerSpan | None] = [None] * len(best)
         if reranker is not None:
             best = best[: reranker.settings.depth]
-            passages = [passage_text(self.reader.article(a).title, sentences.text[i])
-                        for a, i in zip(sentences.article[best].tolist(), best)]
-            relevance = reranker.score(question_text(query.asked, query.context), passages)
-            scores[best] += reranker.settings.weight * relevance
+            reading = reranker.read(question_text(query.asked, query.context),
+                                    [(self.reader.article(a).title, sentences.text[i])
+                                     for a, i in zip(sentences.article[best].tolist(), best)])
+            scores[best] += reranker.settings.weight * reading.relevance
             order = np.argsort(-scores[best], kind="stable")
-            best, relevance = best[order], relevance[order]
+            best, relevance, spans = best[order], reading.relevance[order], [reading.spans[i] for i in order]
         columns = zip(
             sentences.ids[best].tolist(), scores[best].tolist(), found.chunk_dense[best].tolist(),
             found.keyword_coverage[best].tolist(), sentences.article[best].tolist(), sentences.position[best].tolist(),
             sentences.start[best].tolist(), sentences.end[best].tolist(), [sentences.text[i] for i in best],
-            [sentences.sha1[i] for i in best], sentences.vectors[best], relevance.tolist(),
+            [sentences.sha1[i] for i in best], sentences.vectors[best], relevance.tolist(), spans,
         )
         return [RankedSentence(*values) for values in columns]
 

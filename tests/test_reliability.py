@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import qa
-from qa.chat import safe_file_name, save_uploads
+from qa.web.files import safe_file_name, save_uploads
 from qa.evaluate import citation_is_intact
 from qa.store import FORMAT_VERSION
 from qa.store.embedded import DATABASE_FILE, MANIFEST_FILE, SEGMENTS_DIR, current_generation

@@ -1,5 +1,6 @@
-"""The trained reranker, as a reader meets it: shipped with qa, used by default, answering questions worded unlike
-their answer, still abstaining off topic, and switched off with "none" to give the linear ranker's answers."""
+"""The trained reader, as a user meets it: shipped with qa, used by default, answering questions worded unlike
+their answer, still abstaining off topic, switched off with "none" to give the linear ranker's answers; and its
+short answers: a few exact words inside a verified quote, first in `qa ask`, never on an abstention."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import pytest
 
 import qa
 from qa.answers import read_question
-from qa.evaluate import citation_is_intact, is_hit, load_questions
+from qa.articles import article_text
+from qa.evaluate import citation_is_intact, is_hit, load_questions, short_is_intact
 from qa.reranker import DEFAULT_RERANKER, MODELS_DIR, get_reranker, reranker_name
 from qa.retrieval import load_index
 
@@ -87,3 +89,36 @@ def test_an_unknown_reranker_is_a_one_line_error(seeds_index):
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "unknown reranker 'bert-xl'" in done.stderr
     assert "none" in done.stderr
+
+
+def test_a_short_answer_is_a_few_exact_words_inside_a_verified_quote(squad_index):
+    reply = qa.answer("When did Kenya become independent?", index_dir=squad_index)
+    short = reply.short
+    assert short is not None and "1963" in short.text and len(short.text.split()) <= 4
+    assert article_text(short.path)[short.start : short.end] == short.text
+    holder = reply.citations[reply.short_citation - 1]
+    assert holder.start <= short.start < short.end <= holder.end and short_is_intact(reply)
+    assert 0 < short.confidence <= 1
+    assert qa.answer("When did Kenya become independent?", index_dir=squad_index, reranker="none").short is None
+
+
+def test_no_short_answer_on_an_abstention_or_a_question_few_words_cannot_answer(seeds_index):
+    for question in load_questions(DEV):
+        reply = qa.answer(question.question, index_dir=seeds_index)
+        if reply.abstained:
+            assert reply.short is None
+        else:
+            assert reply.short is None or short_is_intact(reply)
+    for question in ("Why did the three leaders meet in Lima?", "Did the leaders of Japan, the United States and South Korea meet in Lima?"):
+        reply = qa.answer(question, index_dir=seeds_index)
+        assert not reply.abstained and reply.short is None
+
+
+def test_qa_ask_prints_the_short_answer_first(seeds_index):
+    done = subprocess.run(
+        [sys.executable, "-m", "qa.cli", "ask", "Where did the leaders of Japan, the United States and South Korea meet in November 2024?",
+         "--index", seeds_index], capture_output=True, text=True, check=True,
+    )
+    first, _, rest = done.stdout.partition("\n")
+    assert first.startswith("Lima") and first.endswith("[1]")
+    assert rest.startswith("\n“") and "Lima" in rest

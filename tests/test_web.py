@@ -258,6 +258,14 @@ def test_chat_end_to_end(page, site: dict, tmp_path: Path) -> None:
     reply = _ask(page, LIMA_QUESTION)
     assert "Lima" in reply and SEED_FILE in reply and "Trilateral Secretariat" in reply
     assert page.locator("#qa-citations label", has_text="[1]").count() == 1
+    answered = page.locator("#qa-chat .message.bot").last
+    short = answered.locator("p").first.locator("strong").first.inner_text()
+    assert "Lima" in short and len(short.split()) <= 3, "the short answer comes first, in bold"
+    assert answered.locator("strong", has_text=short).count() >= 2, "and is marked inside its quote"
+    answered.locator("p").first.locator("a").click()
+    marked = page.locator("#qa-article mark .qa-short")
+    marked.wait_for(timeout=ANSWER_MS)
+    assert marked.inner_text() == short, "and in the article view"
     passage = _open_citation(page, "Lima")
     source = (site["articles"] / SEED_FILE).read_text(encoding="utf-8")
     assert "Lima" in passage and " ".join(passage.split()) in " ".join(source.split())
@@ -278,6 +286,7 @@ def test_chat_end_to_end(page, site: dict, tmp_path: Path) -> None:
     assert download.value.suggested_filename.endswith(".md")
     assert f"## 1. {LIMA_QUESTION}" in exported and "## 3. " in exported and ABSTENTION in exported
     assert SEED_FILE in exported and "characters " in exported and "Trilateral Secretariat" in exported
+    assert f"**{short}** [" in exported
 
     page.get_by_role("tab", name="Articles").click()
     index_state = page.locator("#qa-index-state").inner_text()
