@@ -12,10 +12,12 @@ beside the fitted boundary's own.
 
 Conversations: the 313 answerable CNN dev questions, each with its own history, on the 30 stories plus the 2,225
 BBC stories as distractors, against 300 SQuAD questions and the 12 dev questions asked on that index after the
-history of a random CNN conversation (nothing there answers them). Questions whose best sentence stands in the
+history of a random CNN conversation (nothing there answers them), judged as qa.answers judges a question asked in
+a conversation: one that stands alone (not a follow-up, best sentence outside the conversation's current article)
+is refused below the reranker's single-question boundary; then questions whose best sentence stands in the
 conversation's own article are judged by the conversation rule (at least MIN_OWN_WORDS words of their own, dense,
 and coverage of those words in that article); the others by the single-question boundary without a reranker's
-relevance, as qa.answers judges every question asked in a conversation.
+relevance.
 
     .venv/bin/python bench/calibrate_abstention.py --news-index DIR   # DIR: an index of news/ and bbc/ (built if missing)
 """
@@ -36,7 +38,7 @@ from sklearn.model_selection import GroupKFold
 from qa import build_index
 from qa.answers import (
     ABSTENTION_EVIDENCE, ABSTENTION_FILE, FOCUS_TRUSTED, MIN_OWN_WORDS, RERANKED_EVIDENCE, abstention_boundary, answer_evidence, below_boundary,
-    read_question,
+    read_question, stands_alone,
 )
 from qa.evaluate import Question, load_questions
 from qa.followup import content_words
@@ -55,7 +57,8 @@ RERANKER = reranker_name()
 
 def top_features(questions: list[Question], index_dir: str, histories: list | None = None) -> np.ndarray:
     """For each question's best sentence: its ABSTENTION_EVIDENCE, then the focus weight of its article, the coverage
-    of the question's own words in that article, and how many words of its own the question has."""
+    of the question's own words in that article, how many words of its own the question has, and whether it is
+    judged as a single question (qa.answers.stands_alone)."""
     index = load_index(index_dir)
     rows = []
     for number, question in enumerate(questions):
@@ -68,6 +71,7 @@ def top_features(questions: list[Question], index_dir: str, histories: list | No
                 query.focus.articles.get(best.article, 0.0),
                 index.article_coverage(" ".join(content_words(question.question)), best.article),
                 len(content_words(question.question)),
+                stands_alone(query, best),
             )
         )
     return np.array(rows)
@@ -135,7 +139,7 @@ def conversations(shared: Path, index_dir: str) -> None:
     off_topic += load_questions(shared / "eval/dev.jsonl")
     positives = top_features([q for q in news if q.answerable], index_dir)
     negatives = top_features(off_topic, index_dir, [random.choice(histories) for _ in off_topic])
-    focus, own_coverage, own_words = (len(evidence_names()) + i for i in range(3))
+    focus, own_coverage, own_words, alone = (len(evidence_names()) + i for i in range(4))
     print(f"\nconversations: {len(positives)} answerable, {len(negatives)} off-topic; best sentence in the "
           f"conversation's article for {np.mean(positives[:, focus] >= FOCUS_TRUSTED):.0%} and "
           f"{np.mean(negatives[:, focus] >= FOCUS_TRUSTED):.0%}")
@@ -147,7 +151,8 @@ def conversations(shared: Path, index_dir: str) -> None:
                 in_focus = features[:, focus] >= FOCUS_TRUSTED
                 focused = (features[:, own_words] >= MIN_OWN_WORDS) & (features[:, 0] < dense) & (features[:, own_coverage] < coverage)
                 elsewhere = below_boundary(features[:, : len(ABSTENTION_EVIDENCE)], abstention_boundary())
-                rates.append(np.mean(np.where(in_focus, focused, elsewhere)))
+                judged_alone = (features[:, alone] > 0) & abstains(features, abstention_boundary(RERANKER)) if RERANKER != NO_RERANKER else False
+                rates.append(np.mean(judged_alone | np.where(in_focus, focused, elsewhere)))
             print(f"{'':30s}{dense:6.2f}  {coverage:13.2f}  {rates[0]:17.1%}  {rates[1]:24.1%}")
 
 

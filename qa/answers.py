@@ -184,8 +184,7 @@ def _off_topic(index: LoadedIndex, query: Query, best: RankedSentence, reranker:
     reranker's for a single question, and the one without the reranker's relevance for a question in a conversation
     (its relevance runs lower there: with it, 3.5% of the CNN conversations' answerable questions were refused)."""
     evidence = answer_evidence(best, query)
-    if (reranker != NO_RERANKER and not query.focus.followup and query.focus.articles.get(best.article, 0.0) < 1.0
-            and below_boundary(evidence, abstention_boundary(reranker))):
+    if reranker != NO_RERANKER and stands_alone(query, best) and below_boundary(evidence, abstention_boundary(reranker)):
         return True
     if query.focus.articles.get(best.article, 0.0) >= FOCUS_TRUSTED:
         own_words = content_words(query.asked)
@@ -197,6 +196,12 @@ def _off_topic(index: LoadedIndex, query: Query, best: RankedSentence, reranker:
     if query.context:  # the reranker's boundary was fitted on single questions; a follow-up is judged without it
         return bool(below_boundary(evidence[: len(ABSTENTION_EVIDENCE)], abstention_boundary()))
     return bool(below_boundary(evidence, abstention_boundary(reranker)))
+
+
+def stands_alone(query: Query, best: RankedSentence) -> bool:
+    """Whether the question is judged as a single question although asked in a conversation: it does not lean on
+    the earlier turns, and its best sentence is outside the article the conversation is now about."""
+    return not query.focus.followup and query.focus.articles.get(best.article, 0.0) < 1.0
 
 
 def answer_evidence(best: RankedSentence, query: Query) -> np.ndarray:
