@@ -217,7 +217,7 @@ def short_is_intact(reply: Answer) -> bool:
         exact = article_text(short.path)[short.start : short.end] == short.text
     except (OSError, ValueError):
         return False
-    return exact and any(c.path == short.path and c.start <= short.start and short.end <= c.end for c in reply.citations)
+    return exact and reply.short_citation is not None
 
 
 def citation_is_intact(citation) -> bool:

@@ -165,13 +165,14 @@ class Reranker:
         white space folded, as the index keeps it)."""
         if not sentences:
             return Reading(np.zeros(0, dtype=np.float32), [])
-        encodings = self.tokenizer.encode_batch([(question, passage_text(title, text)) for title, text in sentences])
+        passages = [passage_text(title, text) for title, text in sentences]
+        encodings = self.tokenizer.encode_batch([(question, passage) for passage in passages])
         outputs = self.session.run(None, padded_feeds(encodings, self.inputs))
         relevance = outputs[0].reshape(-1)
         if len(outputs) < 3:
             return Reading(relevance, [None] * len(sentences))
         spans = []
-        for row, (encoding, (title, text)) in enumerate(zip(encodings, sentences)):
+        for row, (encoding, passage, (title, _)) in enumerate(zip(encodings, passages, sentences)):
             prefix = len(passage_prefix(title))
             width = len(encoding.ids)
             first, last, probability = best_span(outputs[1][row, :width], outputs[2][row, :width],
@@ -179,7 +180,7 @@ class Reranker:
             if first < 0:
                 spans.append(None)
                 continue
-            sentence = passage_text(title, text)[prefix:]
+            sentence = passage[prefix:]
             start, end = word_span(sentence, encoding.offsets[first][0] - prefix, encoding.offsets[last][1] - prefix)
             spans.append(AnswerSpan(start, end, probability) if start < end else None)
         return Reading(relevance, spans)

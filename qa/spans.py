@@ -55,14 +55,11 @@ def short_answer(question: str, ranked: Sequence[RankedSentence], quoted: Sequen
         return None
     chances = _softmax(np.array([s.score for s in ranked], dtype=np.float64))
     chance_of = {s.id: float(p) for s, p in zip(ranked, chances)}
-    best = max(
-        (q for q in quoted if q.sentence.answer_span is not None),
-        key=lambda q: chance_of.get(q.sentence.id, 0.0) * q.sentence.answer_span.probability,
-        default=None,
-    )
-    if best is None:
+    scored = [(chance_of.get(q.sentence.id, 0.0) * q.sentence.answer_span.probability, q)
+              for q in quoted if q.sentence.answer_span is not None]
+    if not scored:
         return None
-    confidence = chance_of.get(best.sentence.id, 0.0) * best.sentence.answer_span.probability
+    confidence, best = max(scored, key=lambda pair: pair[0])
     if confidence < minimum:
         return None
     placed = _in_article(best)
