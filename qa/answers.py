@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from . import config
-from .articles import text_of
+from .articles import page_source, text_of
 from .followup import QUOTATION_MARKS, EarlierTurn, content_words, read_conversation
 from .reranker import NO_RERANKER, conversation_context, get_reranker
 from .retrieval import LoadedIndex, Query, RankedSentence, learned, load_index
@@ -50,7 +50,7 @@ _SPACE_RUN = re.compile(r"\s+")
 
 @dataclass(frozen=True)
 class Citation:
-    """A verbatim quote and exactly where it stands: `qa.article_text(path)[start:end] == quote` (for a .txt or .md
+    """A verbatim quote and exactly where it stands: `qa.article_text(path)[start:end] == quote` (for a UTF-8 .txt or .md
     file, that is `Path(path).read_text(encoding="utf-8")`; for a saved web page, the article extracted from it)."""
 
     quote: str
@@ -60,6 +60,8 @@ class Citation:
     start: int
     end: int
     score: float
+    url: str | None = None
+    """The web address the article was fetched from (saved pages that record it), else None."""
 
 
 @dataclass(frozen=True)
@@ -259,9 +261,9 @@ def _cite(index: LoadedIndex, chosen: list[RankedSentence]) -> tuple[list[Citati
         article = index.reader.article(group[0].article)
         path = index.articles_dir / article.path
         if path not in file_texts:
-            file_texts[path] = _unchanged_text(path, article.sha256)
+            file_texts[path] = _unchanged_file(path, article.sha256)
         start, end = group[0].start, group[-1].end
-        text = file_texts[path]
+        text, url = file_texts[path]
         if text is None or any(_fold(text[s.start : s.end]) != _fold(s.text) for s in group):
             logger.warning("%s changed since it was indexed; run `qa index` to update the index", path)
             continue
@@ -274,6 +276,7 @@ def _cite(index: LoadedIndex, chosen: list[RankedSentence]) -> tuple[list[Citati
                 start=start,
                 end=end,
                 score=round(max(s.score for s in group), 4),
+                url=url,
             )
         )
         quoted.extend(QuotedSentence(s, str(path), text) for s in group)
@@ -285,13 +288,16 @@ def _adjacent(first: RankedSentence, second: RankedSentence) -> bool:
     return first.article == second.article and second.position == first.position + 1 and second.start - first.end <= 2
 
 
-def _unchanged_text(path: Path, sha256: str) -> str | None:
-    """The article text of the file at `path`, or None when it is gone or no longer the file that was indexed."""
+def _unchanged_file(path: Path, sha256: str) -> tuple[str | None, str | None]:
+    """The article text of the file at `path` (None when it is gone or no longer the file that was indexed), and the
+    web address it was fetched from, if it records one."""
     try:
         data = path.read_bytes()
-        return text_of(data, path.suffix) if hashlib.sha256(data).hexdigest() == sha256 else None
+        if hashlib.sha256(data).hexdigest() != sha256:
+            return None, None
+        return text_of(data, path.suffix), page_source(data)
     except (OSError, ValueError):
-        return None
+        return None, None
 
 
 def _fold(text: str) -> str:

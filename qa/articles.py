@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import logging
+import os
 import re
+import tempfile
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +19,8 @@ logger = logging.getLogger(__name__)
 
 MAX_ARTICLE_BYTES = 5_000_000
 """Larger files are skipped: a news article is tens of kilobytes; a 20 MB file is a dump, not a story."""
+WESTERN_PUNCTUATION = frozenset("\u00a0“”‘’„‚–—…«»‹›·•€£¥¢°§¶©®™±×÷")
+"""Characters other than letters that Western text in Windows-1252 is made of."""
 MAX_LINK_LINE_CHARS = 160
 MIN_LIST_RUN = 3
 METADATA_SCAN_LINES = 6
@@ -36,6 +42,10 @@ _DATE = re.compile(
     rf"\b(?:{_MONTH}\s+\d{{1,2}},?\s+\d{{4}}|\d{{1,2}}\s+{_MONTH},?\s+\d{{4}}|\d{{4}}-\d{{2}}-\d{{2}}|\d{{1,2}}/\d{{1,2}}/\d{{4}})\b",
     re.IGNORECASE,
 )
+_SOURCE_LINE = re.compile(rb"<!--\s*saved from url=\(\d+\)(https?://\S+?)\s*-->", re.IGNORECASE)
+"""The line a browser writes atop a page it saves (qa writes it too): the page's web address."""
+SOURCE_HEAD_BYTES = 4_096
+"""How far into a saved page its source line is looked for."""
 _DATELINE = re.compile(r"^([A-Z][A-Z.'\- ]{1,40}?(?:,\s*[A-Z][A-Za-z.\- ]{1,30}?)?)\s*(?:\([^)]{1,40}\)\s*)?[—–-]{1,2}\s")
 
 
@@ -46,7 +56,8 @@ class Article:
     path: str
     """Path relative to the articles folder, with forward slashes."""
     text: str
-    """The file's text exactly as `Path.read_text(encoding="utf-8")` returns it; all offsets refer to it."""
+    """The file's text as `article_text` returns it (for UTF-8 text, exactly what `Path.read_text(encoding="utf-8")`
+    returns); all offsets refer to it."""
     sha256: str
     title: str
     date: str | None = None
@@ -84,21 +95,61 @@ def find_article_files(articles_dir: str | Path) -> list[Path]:
 
 
 def check_article_bytes(data: bytes) -> str:
-    """The text of an article file's bytes, as `read_text(encoding="utf-8")` gives it; raises ValueError saying why
-    the bytes are not a usable article (used for files in the folder and for uploads alike)."""
+    """The text of an article file's bytes: UTF-8 as `read_text(encoding="utf-8")` gives it; UTF-16 with its byte
+    order mark; any other encoding (Latin-1, Windows-1252, ...) as charset-normalizer detects it. Newlines are made
+    "\\n". Raises ValueError saying why the bytes are not a usable article (files in the folder and uploads alike)."""
     _check_present(data)
-    if b"\x00" in data:
-        raise ValueError("not a text file (contains NUL bytes)")
-    try:
-        decoded = data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise ValueError(f"not UTF-8 (byte {error.start}); re-save it as UTF-8") from None
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        decoded = _decoded(data, "utf-16")
+    else:
+        if b"\x00" in data:
+            raise ValueError("not a text file (contains NUL bytes)")
+        try:
+            decoded = data.decode("utf-8")
+        except UnicodeDecodeError:
+            decoded = _detected(data)
     return decoded.replace("\r\n", "\n").replace("\r", "\n")  # what read_text's universal newlines do
 
 
+def _decoded(data: bytes, encoding: str) -> str:
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as error:
+        raise ValueError(f"not valid {encoding} (byte {error.start}); re-save it as UTF-8") from None
+
+
+def _detected(data: bytes) -> str:
+    """Text in an encoding other than UTF-8: Windows-1252 (which Latin-1 files read as too) when the text is in the
+    Latin script and reads cleanly in it, as browsers default for Western text; otherwise the encoding
+    charset-normalizer detects (it guesses poorly among Latin encodings on a short story, well between scripts)."""
+    from charset_normalizer import from_bytes
+
+    best = from_bytes(data).best()
+    western = _western(data)
+    if western is not None and (best is None or _latin_script(str(best))):
+        return western
+    if best is None:
+        raise ValueError("not text in any encoding qa recognises; re-save it as UTF-8")
+    logger.info("read as %s", best.encoding)
+    return str(best)
+
+
+def _western(data: bytes) -> str | None:
+    """The bytes read as Windows-1252 if every character that is not ASCII is then a letter or Western punctuation."""
+    try:
+        text = data.decode("cp1252")
+    except UnicodeDecodeError:
+        return None
+    return text if all(c.isascii() or c.isalpha() or c in WESTERN_PUNCTUATION for c in text) else None
+
+
+def _latin_script(text: str) -> bool:
+    return all("LATIN" in unicodedata.name(c, "") for c in text if c.isalpha() and not c.isascii())
+
+
 def article_text(path: str | Path) -> str:
-    """The text qa reads in an article file, to which every citation's offsets refer: the file as
-    `read_text(encoding="utf-8")` gives it for .txt and .md; for a saved web page (.html, .htm), the article that
+    """The text qa reads in an article file, to which every citation's offsets refer: for .txt and .md, the file's
+    text in its encoding (see check_article_bytes; UTF-8 as `read_text(encoding="utf-8")` gives it); for a saved web page (.html, .htm), the article that
     trafilatura extracts from it (title, date, byline, story paragraphs), never its menus, lists or footer."""
     path = Path(path)
     return text_of(path.read_bytes(), path.suffix)
@@ -135,6 +186,24 @@ def _extract_page(data: bytes) -> str:
     byline = ", ".join(part for part in (f"By {document.author}" if document.author else "", document.sitename or "") if part)
     header = [title, *([document.date] if document.date else []), *([byline] if byline else [])]
     return "\n\n".join([*header, *lines]) + "\n"
+
+
+def page_source(data: bytes) -> str | None:
+    """The source URL recorded at the top of a saved page's bytes, if any."""
+    match = _SOURCE_LINE.search(data[:SOURCE_HEAD_BYTES])
+    return match.group(1).decode("utf-8", "replace") if match else None
+
+
+def article_source(path: str | Path) -> str | None:
+    """The URL an article file was fetched from (saved web pages only), or None."""
+    path = Path(path)
+    if path.suffix.lower() not in PAGE_SUFFIXES:
+        return None
+    try:
+        with path.open("rb") as file:
+            return page_source(file.read(SOURCE_HEAD_BYTES))
+    except OSError:
+        return None
 
 
 _page_texts: dict[str, str] = {}
@@ -264,6 +333,19 @@ def _find_date(text: str, lines: list[tuple[int, int]], content: list[int]) -> t
         if match and len(line) <= 80 and len(_DATE.sub("", line).split()) <= 5 and not line.endswith("."):
             return line, i
     return None, None
+
+
+def write_atomically(target: Path, data: bytes) -> None:
+    """Write a file in the articles folder through a hidden temporary file and a rename: the folder watcher never
+    reads half a file, and a failed write leaves no trace."""
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Command line: `qa index`, `qa ask`, `qa eval` and `qa serve`."""
+"""Command line: `qa index`, `qa ask`, `qa eval`, `qa serve`, `qa add` and `qa feeds`."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import os
 import sys
 
 from . import config
+from .feeds import DEFAULT_FEEDS_EVERY_MINUTES, FEEDS_FILE
+from .fetch import ALLOW_PRIVATE_ENV
 
 logger = logging.getLogger("qa")
 
@@ -20,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     for handler in logging.getLogger().handlers:
         handler.setLevel(level)  # also holds back libraries that set their own loggers to DEBUG
     try:
+        if getattr(args, "allow_private_addresses", False):
+            os.environ[ALLOW_PRIVATE_ENV] = "1"  # the fetches of this process, the chat's and the feeds' too
         if getattr(args, "reranker", None):
             from .reranker import RERANKER_ENV, reranker_name
 
@@ -50,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     index.add_argument("--rebuild", action="store_true", help="re-embed every article, ignoring the existing index")
     index.add_argument("--watch", action="store_true", help="then keep watching the folder and index every change (Ctrl-C stops)")
+    _add_feeds_every(index)
     index.set_defaults(run=_index)
 
     ask = commands.add_parser("ask", help="answer a question", description="Answer a question; with none, read questions in a loop.")
@@ -76,13 +81,49 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
     serve.add_argument("--auth", default=os.environ.get("QA_AUTH"), help="USER:PASSWORD login for the chat (default: $QA_AUTH)")
     serve.add_argument("--no-watch", action="store_true", help="update the index on start only, not on every change to the folder")
+    _add_feeds_every(serve)
     _add_reranker(serve)
     serve.set_defaults(run=_serve)
+
+    add = commands.add_parser(
+        "add", help="fetch web pages into the articles folder",
+        description="Fetch web pages and keep them as .html files in the articles folder, with their URL.",
+    )
+    add.add_argument("urls", nargs="+", metavar="URL", help="the page's web address (http or https)")
+    _add_articles(add)
+    add.set_defaults(run=_add)
+
+    feeds = commands.add_parser(
+        "feeds", help="follow RSS and Atom feeds",
+        description=f"The feeds the articles folder follows, listed in its {FEEDS_FILE}. Each feed's new entries are "
+        "saved as pages in a sub-folder of its own.",
+    )
+    actions = feeds.add_subparsers(required=True, metavar="ACTION")
+    for name, text, takes_url in (("add", "follow a feed and save its entries' pages", True),
+                                  ("list", "the feeds followed, with their last update", False),
+                                  ("remove", "stop following a feed (its pages stay)", True),
+                                  ("update", "fetch every feed once and save its new entries' pages", False)):
+        action = actions.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        if takes_url:
+            action.add_argument("url", metavar="URL", help="the feed's web address")
+        _add_articles(action)
+        action.set_defaults(run=_feeds, action=name)
     return parser
 
 
 def _add_articles(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--articles", help=f"articles folder (default: ${config.ARTICLES_ENV} or {config.DEFAULT_ARTICLES_DIR})")
+    parser.add_argument(
+        "--allow-private-addresses", action="store_true",
+        help=f"let fetches go to this machine and its private network (default: ${ALLOW_PRIVATE_ENV})",
+    )
+
+
+def _add_feeds_every(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--feeds-every", type=float, default=DEFAULT_FEEDS_EVERY_MINUTES, metavar="MINUTES",
+        help=f"update the folder's feeds ({FEEDS_FILE}) this often, in the background; 0: never (default: %(default)g)",
+    )
 
 
 def _add_index(parser: argparse.ArgumentParser) -> None:
@@ -134,6 +175,7 @@ def _index(args: argparse.Namespace) -> int:
         from .watch import FolderWatcher
 
         print(f"watching {config.articles_dir(args.articles)} (Ctrl-C stops)", flush=True)
+        _follow_feeds(args)
         FolderWatcher(args.articles, _store(args)).start().wait()
     return 0
 
@@ -172,6 +214,8 @@ def _print_answer(reply) -> None:
         line = article_text(citation.path).count("\n", 0, citation.start) + 1
         date = f", {citation.date}" if citation.date else ""
         print(f"  [{number}] {citation.title}{date} — {citation.path}:{line} (chars {citation.start}–{citation.end})")
+        if citation.url:
+            print(f"      {citation.url}")
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -194,8 +238,61 @@ def _serve(args: argparse.Namespace) -> int:
             raise ValueError("--auth must look like USER:PASSWORD")
         auth = (user, password)
     serve(config.articles_dir(args.articles), _store(args), host=args.host, port=args.port, auth=auth,
-          watch=not args.no_watch)
+          watch=not args.no_watch, feeds_every=args.feeds_every)
     return 0
+
+
+def _follow_feeds(args: argparse.Namespace) -> None:
+    from .feeds import FeedFollower
+
+    if args.feeds_every > 0:
+        FeedFollower(config.articles_dir(args.articles), args.feeds_every).start()
+
+
+def _add(args: argparse.Namespace) -> int:
+    from .sources import save_page
+
+    failed = 0
+    with _fetcher() as fetcher:
+        for url in args.urls:
+            try:
+                print(f"{url}: {save_page(url, config.articles_dir(args.articles), fetcher=fetcher).describe()}", flush=True)
+            except ValueError as error:
+                print(f"qa: error: {error}", file=sys.stderr, flush=True)
+                failed += 1
+    return 2 if failed else 0
+
+
+def _feeds(args: argparse.Namespace) -> int:
+    from . import feeds
+
+    folder = config.articles_dir(args.articles)
+    if args.action == "list":
+        listed = feeds.feed_states(folder)
+        if not listed:
+            print(f"{folder} follows no feeds; add one with `qa feeds add URL`")
+        for feed, state in listed:
+            print(f"{feed.url}\n  {state.title or '(not fetched yet)'} → {feed.folder}/; {state.pages} pages; "
+                  f"last update {state.checked_at or 'never'}, {state.new_entries} new"
+                  + (f"; last error: {state.last_error}" if state.last_error else ""))
+        return 0
+    if args.action == "remove":
+        feed = feeds.remove_feed(args.url, folder)
+        print(f"no longer following {feed.url}; its pages stay in {feed.folder}/")
+        return 0
+    with _fetcher() as fetcher:
+        updates = [feeds.add_feed(args.url, folder, fetcher)] if args.action == "add" else feeds.update_feeds(folder, fetcher)
+    if not updates:
+        print(f"{folder} follows no feeds; add one with `qa feeds add URL`")
+    for update in updates:
+        print(update.describe())
+    return 2 if any(update.errors for update in updates) else 0
+
+
+def _fetcher():
+    from .fetch import Fetcher
+
+    return Fetcher()
 
 
 if __name__ == "__main__":

@@ -53,15 +53,19 @@ class FolderWatcher:
     def _run(self) -> None:
         import watchfiles
 
-        self.update()
         if not self.watching:
+            self.update()
             return
+        started = False
         for changes in watchfiles.watch(
             self.articles_dir, watch_filter=_article_files, debounce=LONGEST_BATCH_MS, step=QUIET_MS,
-            raise_interrupt=False,
+            raise_interrupt=False, yield_on_timeout=True, rust_timeout=QUIET_MS,
         ):
-            logger.info("%d changes in %s", len(changes), self.articles_dir)
-            self.update()
+            if changes:
+                logger.info("%d changes in %s", len(changes), self.articles_dir)
+            if changes or not started:  # the first update runs once watching has begun: nothing written during it is missed
+                started = True
+                self.update()
 
     def update(self) -> None:
         """One incremental build; its outcome goes to the log and to `status`."""

@@ -110,7 +110,7 @@ def test_awkward_article_files_are_skipped_or_indexed_and_the_build_finishes(tmp
     (articles / "link.txt").symlink_to(outside)
     (articles / "empty.txt").write_bytes(b"")
     (articles / "image.txt").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8)
-    (articles / "latin1.txt").write_bytes("Café owners in Amiens raised prices by 5%.".encode("latin-1"))
+    (articles / "latin1.txt").write_bytes("Amiens cafés\n\nCafé owners in Amiens raised prices by 5%.\n".encode("latin-1"))
     with open(articles / "huge.txt", "wb") as huge:
         huge.truncate(20_000_000)
     (articles / "menu.txt").write_text("Site menu\n-\nHome Page Link\n-\nSports Section Link\n-\nWeather Today Link\n", encoding="utf-8")
@@ -121,10 +121,11 @@ def test_awkward_article_files_are_skipped_or_indexed_and_the_build_finishes(tmp
     report = qa.build_index(articles, tmp_path / "index")
 
     reasons = {skipped.path: skipped.reason for skipped in report.skipped}
-    assert set(reasons) == {"link.txt", "empty.txt", "image.txt", "latin1.txt", "huge.txt", "menu.txt"}
+    assert set(reasons) == {"link.txt", "empty.txt", "image.txt", "huge.txt", "menu.txt"}
     assert "outside the articles folder" in reasons["link.txt"] and "MB" in reasons["huge.txt"]
-    assert "UTF-8" in reasons["latin1.txt"] and "furniture" in reasons["menu.txt"]
-    assert report.added == 4  # two seeds, the copy and the unpunctuated notes
+    assert "furniture" in reasons["menu.txt"]
+    assert report.added == 5  # two seeds, the copy, the unpunctuated notes and the Latin-1 file, read as Latin-1
+    assert "Café owners" in qa.article_text(articles / "latin1.txt")
     index_dir = str(tmp_path / "index")
     assert qa.answer("What is the vault code?", index_dir=index_dir).abstained
     ferry = qa.answer("Which ferry carries commuters across the harbour?", index_dir=index_dir)
@@ -253,7 +254,7 @@ def test_uploads_are_checked_before_anything_is_written(tmp_path):
     for name, data in uploads.items():
         (incoming / name).write_bytes(data)
     saved, problems = save_uploads([str(incoming / name) for name in uploads], articles, overwrite=False)
-    assert saved == ["news.txt"] and len(problems) == 4
-    assert any("MB" in p for p in problems) and any("UTF-8" in p for p in problems)
-    assert sorted(p.name for p in articles.iterdir()) == sorted([*before, "news.txt"])
+    assert sorted(saved) == ["latin1.txt", "news.txt"] and len(problems) == 3  # Latin-1 text is read as such
+    assert any("MB" in p for p in problems) and any("not a text file" in p for p in problems)
+    assert sorted(p.name for p in articles.iterdir()) == sorted([*before, "latin1.txt", "news.txt"])
     assert {p.name for p in tmp_path.iterdir()} == {"articles", "incoming"}

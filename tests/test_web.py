@@ -93,16 +93,18 @@ def _festival_article() -> str:
 
 
 @contextmanager
-def _serving(work: Path) -> Iterator[dict]:
-    """A running `qa serve` on `work/articles` with a freshly built index; yields its URL and folders."""
+def _serving(work: Path, extra_env: dict[str, str] | None = None, serve_args: tuple[str, ...] = ("--no-watch",)
+             ) -> Iterator[dict]:
+    """A running `qa serve` on `work/articles` with a freshly built index (not watching the folder unless
+    `serve_args` say otherwise); yields its URL and folders."""
     articles, index, log = work / "articles", work / "index", work / "serve.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "QA_AUTH": ""}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "QA_AUTH": "", **(extra_env or {})}
     cli = [sys.executable, "-m", "qa.cli"]
     subprocess.run([*cli, "index", "--articles", str(articles), "--index", str(index)], check=True, env=env, cwd=ROOT)
     port = _free_port()
     with log.open("w") as output:
         server = subprocess.Popen(
-            [*cli, "serve", "--articles", str(articles), "--index", str(index), "--port", str(port), "--no-watch"],
+            [*cli, "serve", "--articles", str(articles), "--index", str(index), "--port", str(port), *serve_args],
             stdout=output,
             stderr=subprocess.STDOUT,
             env=env,
@@ -317,12 +319,12 @@ def test_chat_end_to_end(page, site: dict, tmp_path: Path) -> None:
     assert page.locator("#qa-chat b, #qa-article b").count() == 0
     assert page.evaluate("() => window.__qa_xss") is None, "no article or question text ran as code"
 
-    latin1, clash = tmp_path / "latin1.txt", tmp_path / "upload" / FESTIVAL_SAVED
-    latin1.write_bytes("Caf\xe9 news from S\xe3o Paulo.\n".encode("latin-1"))
+    binary, clash = tmp_path / "photo.txt", tmp_path / "upload" / FESTIVAL_SAVED
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00 not text")
     clash.parent.mkdir()
     clash.write_text("A different text under a name already taken.\n", encoding="utf-8")
-    status = _upload(page, [latin1, clash])
-    assert "not UTF-8" in status and "already exists" in status, status
+    status = _upload(page, [binary, clash])
+    assert "not a text file" in status and "already exists" in status, status
     assert "A different text" not in (site["articles"] / FESTIVAL_SAVED).read_text(encoding="utf-8")
 
     (site["articles"] / DISK_FILE).write_text(_article("Plum harvest", [DISK_FACT]), encoding="utf-8")

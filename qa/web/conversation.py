@@ -19,7 +19,7 @@ from ..articles import article_text
 from ..spans import ShortAnswer
 from ..watch import FolderWatcher
 from .library import where_of
-from .render import TITLE, display_path, hint_html, markdown_text, shortened
+from .render import TITLE, display_path, hint_html, link_target, markdown_text, shortened
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +112,8 @@ def reply_markdown(turn: Turn, turn_number: int, articles_root: Path) -> str:
             for part in (citation.title, citation.date, display_path(citation.path, articles_root))
             if part
         )
+        if citation.url:
+            source += f" · [open the original]({link_target(citation.url)})"
         link = f"{CITE_LINK_PREFIX}{turn_number}-{number}"
         before, span, after = _quote_parts(citation, turn.short if number == holder else None)
         quote = markdown_text(before) + (f"**{markdown_text(span)}**" if span else "") + markdown_text(after)
@@ -203,7 +205,7 @@ def conversation_markdown(history: list[Turn], articles_root: Path) -> str:
                 f"> {_inert(quoted(' '.join(citation.quote.split())))} [{mark}]",
                 "",
                 f"[{mark}] {_inert(source)} — `{display_path(citation.path, articles_root)}`, "
-                f"characters {citation.start}–{citation.end}",
+                f"characters {citation.start}–{citation.end}" + (f", <{link_target(citation.url)}>" if citation.url else ""),
                 "",
             ]
     return "\n".join(lines)
@@ -238,6 +240,9 @@ def citation_html(history: list[Turn], choice: str | None, articles_root: Path) 
     head = " · ".join(
         html.escape(part) for part in (citation.date, display_path(citation.path, articles_root)) if part
     )
+    if citation.url:
+        head += (f' · <a href="{html.escape(link_target(citation.url))}" target="_blank" rel="noopener noreferrer" '
+                 f'class="qa-original">open the original</a>')
     header = f'<div class="qa-article-head"><strong>{html.escape(citation.title)}</strong><br>{head}</div>'
     try:
         text = article_text(citation.path)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import gradio as gr
 
 from .. import build_index, config
-from ..articles import MAX_ARTICLE_BYTES, text_of
+from ..articles import MAX_ARTICLE_BYTES, text_of, write_atomically
 from .render import markdown_text
 
 logger = logging.getLogger(__name__)
@@ -83,14 +82,7 @@ def _store(articles_root: Path, name: str, data: bytes, overwrite: bool) -> bool
                 f"{name} already exists with different text; tick “Replace an existing file” to overwrite it"
             )
     articles_root.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=".upload-", dir=articles_root)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_atomically(target, data)
     logger.info("saved upload %s", target)
     return True
 

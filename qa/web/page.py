@@ -10,6 +10,7 @@ import gradio as gr
 
 from .. import catalog, config
 from ..retrieval import load_index
+from ..feeds import DEFAULT_FEEDS_EVERY_MINUTES, FeedFollower
 from ..watch import FolderWatcher
 from .conversation import (
     CHOICE_SEPARATOR, CITE_LINK_PREFIX, QUOTE_MARK_ID, SHORT_MARK_CLASS, Turn, citation_html, citation_radio, export_button,
@@ -20,6 +21,7 @@ from .library import (
     ALL_FOLDERS, article_html, catalog_views, examples, index_summary, indexed_articles, scope_choices, scope_markdown,
     where_of,
 )
+from .sources import FEED_COLUMN_WIDTHS, FEED_HEADERS, feed_rows, fetch_url
 from .render import LIBRARY_HINT, TITLE, hint_html, markdown_text
 
 logger = logging.getLogger(__name__)
@@ -28,6 +30,8 @@ CHAT_CONCURRENCY = 4
 """Questions answered at once; index builds run one at a time beside them."""
 BUILD_CONCURRENCY_ID = "index-build"
 WATCH_REFRESH_SECONDS = 2.0
+FEEDS_REFRESH_SECONDS = 10.0
+"""How often the Articles tab's feed list is read again, to show background updates."""
 """How often an open Articles tab shows the watcher's state afresh."""
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 CONVERSATION_STORAGE_KEY = "qa-conversation"
@@ -182,7 +186,7 @@ def build_app(articles_dir: str, store: str, watcher: FolderWatcher | None = Non
                             confirm_delete = gr.Button("Delete", size="sm", variant="stop", elem_id="qa-delete-confirm")
                             cancel_delete = gr.Button("Keep it", size="sm", elem_id="qa-delete-cancel")
                 uploads = gr.File(
-                    label=f"Add articles (.txt or .md in UTF-8, or saved web pages .html/.htm; at most {MAX_UPLOAD_BYTES // 1_000_000} MB each)",
+                    label=f"Add articles (.txt or .md, or saved web pages .html/.htm; at most {MAX_UPLOAD_BYTES // 1_000_000} MB each)",
                     file_count="multiple",
                     file_types=list(config.ARTICLE_SUFFIXES),
                     elem_id="qa-upload",
@@ -191,7 +195,24 @@ def build_app(articles_dir: str, store: str, watcher: FolderWatcher | None = Non
                 with gr.Row():
                     add = gr.Button("Add to index", variant="primary", elem_id="qa-add")
                     rebuild = gr.Button("Rebuild index", elem_id="qa-rebuild")
+                with gr.Row(equal_height=True):
+                    source_url = gr.Textbox(
+                        label="Add a page or a feed by URL",
+                        placeholder="https://… a news page (kept as .html) or an RSS/Atom feed (followed)",
+                        elem_id="qa-source-url",
+                        scale=4,
+                    )
+                    fetch = gr.Button("Fetch", variant="primary", elem_id="qa-fetch", scale=1)
                 status = gr.Markdown(elem_id="qa-status")
+                feeds_table = gr.Dataframe(
+                    headers=FEED_HEADERS,
+                    datatype="str",
+                    interactive=False,
+                    wrap=True,
+                    column_widths=FEED_COLUMN_WIDTHS,
+                    label="Feeds followed (new entries are fetched every few minutes and indexed)",
+                    elem_id="qa-feeds",
+                )
 
         scope_inputs = [scope_folder, scope_since, scope_until, scope_articles]
 
@@ -276,6 +297,16 @@ def build_app(articles_dir: str, store: str, watcher: FolderWatcher | None = Non
                 return status_markdown(message), *refresh(text, sort, number, chosen), None
             return update_index(articles_dir, store, progress, problems), *refresh(text, sort, number, chosen), None
 
+        def add_source(url: str, text: str, sort: str, number: int, chosen: list[str] | None,
+                       progress=gr.Progress()):
+            progress(0, desc="Fetching")
+            outcome, added = fetch_url(url, articles_root)
+            if not added:
+                gr.Warning(outcome)
+                return status_markdown([outcome]), url, feed_rows(articles_root), *refresh(text, sort, number, chosen)
+            message = update_index(articles_dir, store, progress, [outcome])
+            return message, "", feed_rows(articles_root), *refresh(text, sort, number, chosen)
+
         def rebuild_index(text: str, sort: str, number: int, chosen: list[str] | None, progress=gr.Progress()):
             return update_index(articles_dir, store, progress, []), *refresh(text, sort, number, chosen)
 
@@ -341,6 +372,11 @@ def build_app(articles_dir: str, store: str, watcher: FolderWatcher | None = Non
         rebuild.click(
             rebuild_index, view_inputs, [status, *views], concurrency_limit=1, concurrency_id=BUILD_CONCURRENCY_ID
         )
+        for event in (fetch.click, source_url.submit):
+            event(add_source, [source_url, *view_inputs], [status, source_url, feeds_table, *views],
+                  concurrency_limit=1, concurrency_id=BUILD_CONCURRENCY_ID)
+        app.load(lambda: feed_rows(articles_root), None, [feeds_table], queue=False)
+        gr.Timer(FEEDS_REFRESH_SECONDS).tick(lambda: feed_rows(articles_root), None, [feeds_table], queue=False)
         app.load(refresh, view_inputs, views).then(
             describe_scope, scope_inputs, [scope_line]
         )
@@ -359,13 +395,17 @@ def serve(
     port: int = 7860,
     auth: tuple[str, str] | None = None,
     watch: bool = True,
+    feeds_every: float = DEFAULT_FEEDS_EVERY_MINUTES,
 ) -> None:
     """Serve the web chat until interrupted, answering from `store` (an index folder, `milvus:PATH` or a Milvus
     server's URL); `auth` is a (user, password) login that Gradio asks for. The index is brought up to date with the
-    articles folder in the background on start and, with `watch`, whenever files in it are added, changed or removed."""
+    articles folder in the background on start and, with `watch`, whenever files in it are added, changed or removed.
+    The folder's feeds are updated every `feeds_every` minutes (0: never)."""
     if host not in LOCAL_HOSTS and auth is None:
         logger.warning("serving on %s without a login: anyone who can reach this address can use it", host)
     watcher = FolderWatcher(articles_dir, store, watch=watch).start()
+    if feeds_every > 0:
+        FeedFollower(articles_dir, feeds_every).start()
     _warm_up(store)
     app = build_app(articles_dir, store, watcher)
     app.queue(default_concurrency_limit=CHAT_CONCURRENCY)

@@ -33,3 +33,8 @@ def display_path(path: str, articles_root: Path) -> str:
         return Path(path).resolve().relative_to(articles_root.resolve()).as_posix()
     except ValueError:
         return Path(path).name
+
+
+def link_target(url: str) -> str:
+    """A web address as a link's target in Markdown or HTML: parentheses, quotes and spaces percent-encoded."""
+    return url.replace("(", "%28").replace(")", "%29").replace('"', "%22").replace(" ", "%20")
