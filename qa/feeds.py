@@ -227,8 +227,9 @@ def _update(feed: Feed, state: FeedState, collection: Collection, client: Fetche
 
 def _save_entries(feed: Feed, state: FeedState, parsed, fetched: Fetched, collection: Collection,
                   client: Fetcher) -> FeedUpdate:
-    """Save the page of each entry not seen before. The feed's validators are kept only when every page was saved,
-    so that pages that failed are tried again at the next update."""
+    """Save the page of each entry not seen before. A page that failed for a passing reason (a timeout, a server
+    error) is tried again at the next update: the feed's validators are then not kept. One that cannot be kept (not
+    HTML, too large, refused) is reported once and left."""
     seen = set(state.seen)
     saved, errors = [], []
     for entry in parsed.entries:
@@ -236,7 +237,9 @@ def _save_entries(feed: Feed, state: FeedState, parsed, fetched: Fetched, collec
         key = entry.get("id") or link
         if not key or key in seen:
             continue
-        if link:
+        if link and not link.lower().startswith(("http://", "https://")):
+            logger.warning("feed %s: entry %s links to %r, not a web page: skipped", feed.url, key, link)
+        elif link:
             try:
                 if (existing := collection.has_url(link)) is not None:
                     saved.append(SavedPage(link, existing, entry.get("title", ""), "same URL"))
@@ -245,18 +248,18 @@ def _save_entries(feed: Feed, state: FeedState, parsed, fetched: Fetched, collec
             except FetchError as error:
                 errors.append(str(error))
                 logger.warning("feed %s: %s", feed.url, error)
-                continue
+                if error.transient:
+                    continue  # tried again at the next update
         state.seen.append(key)
         seen.add(key)
     state.seen = state.seen[-MAX_SEEN_ENTRIES:]
     state.title = parsed.feed.get("title", "") or state.title
-    if not errors:
+    if all(key in seen for key in (entry.get("id") or entry.get("link") for entry in parsed.entries) if key):
         state.etag, state.last_modified = fetched.etag, fetched.last_modified
     update = FeedUpdate(feed, saved, errors=errors)
     state.new_entries = len(update.added)
     state.pages += len(update.added)
-    state.last_error = (f"{len(errors)} page{'s' if len(errors) != 1 else ''} failed, to be tried again: {errors[0]}"
-                        if errors else None)
+    state.last_error = f"{len(errors)} page{'s' if len(errors) != 1 else ''} failed: {errors[0]}" if errors else None
     return update
 
 

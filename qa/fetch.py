@@ -31,18 +31,24 @@ MAX_CRAWL_DELAY_S = 30.0
 MAX_FETCH_BYTES = MAX_ARTICLE_BYTES
 """Largest page or feed fetched: the largest article qa reads."""
 MAX_ROBOTS_BYTES = 500_000
+ROBOTS_MAX_AGE_S = 24 * 3600.0
+"""A host's robots.txt is read again after this long (a server following feeds runs for weeks)."""
 MAX_REDIRECTS = 5
 USER_AGENT = "qa-news-fetcher/0.1 (fetches pages and feeds its user asked for into an offline news collection)"
 ROBOTS_AGENT = "qa-news-fetcher"
 SCHEMES = ("http", "https")
+RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+"""Answers after which the same request may succeed later."""
 
 
 class FetchError(ValueError):
-    """A fetch that failed or was refused, with a one-line reason (and the HTTP status when the server gave one)."""
+    """A fetch that failed or was refused, with a one-line reason, the HTTP status when the server gave one, and
+    whether trying again later may succeed (a timeout, a lost connection, a server error)."""
 
-    def __init__(self, message: str, status: int | None = None):
+    def __init__(self, message: str, status: int | None = None, transient: bool = False):
         super().__init__(message)
         self.status = status
+        self.transient = transient
 
 
 @dataclass(frozen=True)
@@ -105,7 +111,7 @@ class Fetcher:
             headers={"User-Agent": USER_AGENT},
         )
         self._lock = threading.Lock()
-        self._robots: dict[str, object | None] = {}
+        self._robots: dict[str, tuple[float, object | None]] = {}
         self._last_request: dict[str, float] = {}
 
     def __enter__(self) -> Fetcher:
@@ -133,7 +139,7 @@ class Fetcher:
             except FetchError as error:
                 if url == asked:
                     raise
-                raise FetchError(f"{asked}: redirected to {url}: {error}", error.status) from None
+                raise FetchError(f"{asked}: redirected to {url}: {error}", error.status, error.transient) from None
             logger.info("redirected to %s", url)
         raise FetchError(f"{asked}: more than {MAX_REDIRECTS} redirects")
 
@@ -149,12 +155,12 @@ class Fetcher:
                     return Fetched(url, response.status_code, b"", ""), response.headers["location"]
                 if response.status_code >= 400:
                     raise FetchError(f"{url}: the server answered {response.status_code} {response.reason_phrase}",
-                                     response.status_code)
+                                     response.status_code, transient=response.status_code in RETRY_STATUSES)
                 return self._fetched(url, response, self._body(response, url, max_bytes)), None
         except httpx.TimeoutException:
-            raise FetchError(f"{url}: no answer within {self.timeout:g} s; try again later") from None
+            raise FetchError(f"{url}: no answer within {self.timeout:g} s; try again later", transient=True) from None
         except httpx.HTTPError as error:
-            raise FetchError(f"{url}: {error or type(error).__name__}") from None
+            raise FetchError(f"{url}: {error or type(error).__name__}", transient=True) from None
 
     def _body(self, response: httpx.Response, url: str, max_bytes: int) -> bytes:
         declared = response.headers.get("content-length", "")
@@ -167,7 +173,8 @@ class Fetcher:
             if len(body) > max_bytes:
                 raise FetchError(f"{url}: larger than {max_bytes / 1e6:g} MB; not fetched")
             if time.monotonic() > deadline:
-                raise FetchError(f"{url}: took longer than {DEADLINE_FACTOR * self.timeout:g} s; try again later")
+                raise FetchError(f"{url}: took longer than {DEADLINE_FACTOR * self.timeout:g} s; try again later",
+                                 transient=True)
         return bytes(body)
 
     @staticmethod
@@ -210,8 +217,8 @@ class Fetcher:
         """The host's robots.txt rules (None: everything allowed), fetched once per host. As RFC 9309 says, a
         missing robots.txt allows everything, and one the server fails to give forbids everything."""
         key = f"{scheme}://{host}"
-        if key in self._robots:
-            return self._robots[key]
+        if key in self._robots and time.monotonic() - self._robots[key][0] < ROBOTS_MAX_AGE_S:
+            return self._robots[key][1]
         from protego import Protego
 
         try:
@@ -224,12 +231,13 @@ class Fetcher:
             else:
                 logger.warning("robots.txt of %s cannot be read (%s): not fetching from it", host, error)
                 rules = Protego.parse("User-agent: *\nDisallow: /\n")
-        self._robots[key] = rules
+        self._robots[key] = (time.monotonic(), rules)
         return rules
 
     def _wait_turn(self, host: str) -> None:
         """Sleep until this host may be asked again."""
-        rules = self._robots.get(f"https://{host}") or self._robots.get(f"http://{host}")
+        known = self._robots.get(f"https://{host}") or self._robots.get(f"http://{host}")
+        rules = known[1] if known else None
         crawl_delay = rules.crawl_delay(ROBOTS_AGENT) if rules is not None else None
         gap = max(self.delay, min(float(crawl_delay or 0), MAX_CRAWL_DELAY_S))
         with self._lock:

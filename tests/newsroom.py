@@ -87,7 +87,8 @@ class Newsroom:
     def feed_text(self, path: str) -> str:
         kind, slugs = self.feeds[path]
         render = rss_feed if kind == "rss" else atom_feed
-        return render(f"Riverside Courier {path}", self.base, [self.stories[slug] for slug in slugs])
+        entries = [self.stories.get(slug) or Story(slug, f"Gone: {slug}", []) for slug in slugs]  # unknown: a 404
+        return render(f"Riverside Courier {path}", self.base, entries)
 
 
 def serve(newsroom: Newsroom) -> ThreadingHTTPServer:

@@ -178,6 +178,19 @@ def test_bad_fetches_say_why_and_change_nothing(newsroom: Newsroom, articles: Pa
     assert HUGE_PAGE_MB * 1_000_000 > 5_000_000
 
 
+def test_an_entry_whose_page_is_gone_is_reported_once(newsroom: Newsroom, articles: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    newsroom.feeds["/gone.rss"] = ("rss", ["ferry", "withdrawn-story"])
+    code, out, _ = _qa(capsys, "feeds", "add", newsroom.url("/gone.rss"), "--articles", str(articles))
+    assert code == 2 and "1 new page" in out and "1 failed" in out and "404" in out, out
+    code, out, _ = _qa(capsys, "feeds", "list", "--articles", str(articles))
+    assert "404" in out
+    newsroom.requests.clear()
+    code, out, _ = _qa(capsys, "feeds", "update", "--articles", str(articles))
+    assert code == 0 and "unchanged" in out, out
+    assert "/news/withdrawn-story" not in newsroom.paths_requested()
+
+
 def test_local_addresses_are_refused_without_the_setting(newsroom: Newsroom, articles: Path,
                                                          capsys: pytest.CaptureFixture, monkeypatch) -> None:
     monkeypatch.delenv(ALLOW_PRIVATE_ENV)
