@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import unicodedata
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -246,58 +245,85 @@ def _select(ranked: list[RankedSentence], top_k: int, margin: float) -> list[Ran
 
 
 def _cite(index: LoadedIndex, chosen: list[RankedSentence]) -> tuple[list[Citation], list[QuotedSentence]]:
-    """Quotes for the chosen sentences, adjacent ones merged, most relevant first, checked against the files; and
-    the sentences quoted, with the text they were checked against."""
+    """Quotes for the chosen sentences, adjacent ones merged, most relevant first, checked against the files as they
+    are now; and the sentences quoted, with the text they were checked against. In a file changed since it was
+    indexed, a sentence is quoted where its text stands now, and left out if the file no longer holds it."""
+    files: dict[int, _ArticleFile | None] = {}
+    placed = []
+    for sentence in chosen:
+        if sentence.article not in files:
+            files[sentence.article] = _article_file(index, sentence.article)
+        current = files[sentence.article]
+        moved = _placed(current.text, sentence) if current is not None else None
+        if moved is None:
+            logger.warning("%s no longer holds a sentence it was indexed with; run `qa index` to update the index",
+                           current.path if current else index.reader.article(sentence.article).path)
+            continue
+        placed.append(moved)
     groups: list[list[RankedSentence]] = []
-    for sentence in sorted(chosen, key=lambda s: (s.article, s.position)):
+    for sentence in sorted(placed, key=lambda s: (s.article, s.start)):
         previous = groups[-1][-1] if groups else None
-        if previous is not None and _adjacent(previous, sentence):
+        if previous is not None and _adjacent(previous, sentence, files[sentence.article].text):
             groups[-1].append(sentence)
         else:
             groups.append([sentence])
     groups.sort(key=lambda group: -max(s.score for s in group))
-    citations, quoted, file_texts = [], [], {}
+    citations, quoted = [], []
     for group in groups:
-        article = index.reader.article(group[0].article)
-        path = index.articles_dir / article.path
-        if path not in file_texts:
-            file_texts[path] = _unchanged_file(path, article.sha256)
+        current = files[group[0].article]
         start, end = group[0].start, group[-1].end
-        text, url = file_texts[path]
-        if text is None or any(_fold(text[s.start : s.end]) != _fold(s.text) for s in group):
-            logger.warning("%s changed since it was indexed; run `qa index` to update the index", path)
-            continue
         citations.append(
             Citation(
-                quote=text[start:end],
-                path=str(path),
-                title=article.title,
-                date=article.date,
+                quote=current.text[start:end],
+                path=current.path,
+                title=current.title,
+                date=current.date,
                 start=start,
                 end=end,
                 score=round(max(s.score for s in group), 4),
-                url=url,
+                url=current.url,
             )
         )
-        quoted.extend(QuotedSentence(s, str(path), text) for s in group)
+        quoted.extend(QuotedSentence(s, current.path, current.text) for s in group)
     return citations, quoted
 
 
-def _adjacent(first: RankedSentence, second: RankedSentence) -> bool:
-    """Consecutive sentences of one article with only white space between them."""
-    return first.article == second.article and second.position == first.position + 1 and second.start - first.end <= 2
+@dataclass(frozen=True)
+class _ArticleFile:
+    """An indexed article's file as it is now: its article text and source URL, with the indexed title and date."""
+
+    path: str
+    text: str
+    url: str | None
+    title: str
+    date: str | None
 
 
-def _unchanged_file(path: Path, sha256: str) -> tuple[str | None, str | None]:
-    """The article text of the file at `path` (None when it is gone or no longer the file that was indexed), and the
-    web address it was fetched from, if it records one."""
+def _article_file(index: LoadedIndex, article_id: int) -> _ArticleFile | None:
+    """The article's file as it is now, or None when it is gone or unreadable."""
+    article = index.reader.article(article_id)
+    path = index.articles_dir / article.path
     try:
         data = path.read_bytes()
-        if hashlib.sha256(data).hexdigest() != sha256:
-            return None, None
-        return text_of(data, path.suffix), page_source(data)
+        return _ArticleFile(str(path), text_of(data, path.suffix), page_source(data), article.title, article.date)
     except (OSError, ValueError):
-        return None, None
+        return None
+
+
+def _placed(text: str, sentence: RankedSentence) -> RankedSentence | None:
+    """The sentence at its place in `text`: where it was indexed if it still stands there, else where its words now
+    stand (white space aside; the nearest such place), else None."""
+    if _fold(text[sentence.start : sentence.end]) == _fold(sentence.text):
+        return sentence
+    pattern = re.compile(r"\s+".join(re.escape(word) for word in sentence.text.split()))
+    found = min(pattern.finditer(text), key=lambda match: abs(match.start() - sentence.start), default=None)
+    return None if found is None else replace(sentence, start=found.start(), end=found.end())
+
+
+def _adjacent(first: RankedSentence, second: RankedSentence, text: str) -> bool:
+    """Sentences of one article with only white space (at most two characters) between them."""
+    gap = text[first.end : second.start]
+    return first.article == second.article and len(gap) <= 2 and not gap.strip()
 
 
 def _fold(text: str) -> str:

@@ -23,7 +23,8 @@ LONGEST_BATCH_MS = 5_000
 class WatchStatus:
     """What the watcher is doing, for the page: a build under way (with its progress), the last result or error."""
 
-    building: bool = False
+    building: bool = True
+    """True from the start: the watcher's first update is on its way."""
     done: int = 0
     total: int = 0
     message: str = "Starting"

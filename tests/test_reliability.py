@@ -154,6 +154,29 @@ def test_files_changed_or_deleted_during_a_build_are_never_misquoted(tmp_path):
     assert any("late 2024" in c.quote for c in qa.answer(MEETING_QUESTION, index_dir=str(index_dir)).citations)
 
 
+def test_a_changed_article_is_quoted_from_the_sentences_it_still_holds(tmp_path):
+    articles, index_dir = copy_seeds(tmp_path / "articles"), tmp_path / "index"
+    qa.build_index(articles, index_dir)
+    seed = articles / "001_e77a1c347891044f.txt"
+    original = seed.read_text(encoding="utf-8")
+    before = qa.answer(MEETING_QUESTION, index_dir=str(index_dir))
+    assert any("late 2024" in c.quote and c.path == str(seed) for c in before.citations)
+
+    title, rest = original.split("\n", 1)
+    seed.write_text(f"{title}\n\nEditor's note: this story was updated on Sunday.\n{rest}\nA line added later.\n",
+                    encoding="utf-8")
+    moved = qa.answer(MEETING_QUESTION, index_dir=str(index_dir))
+    assert [c.quote for c in moved.citations] == [c.quote for c in before.citations]
+    assert all(citation_is_intact(c) for c in moved.citations)
+    assert [c.start for c in moved.citations if c.path == str(seed)] != [
+        c.start for c in before.citations if c.path == str(seed)], "quoted at the sentences' new place"
+
+    seed.write_text(original.replace("late 2024", "early 2025"), encoding="utf-8")
+    edited = qa.answer(MEETING_QUESTION, index_dir=str(index_dir))
+    assert all(citation_is_intact(c) for c in edited.citations)
+    assert not any("late 2024" in c.quote or "early 2025" in c.quote for c in edited.citations)
+
+
 @pytest.mark.parametrize("damaged", [DATABASE_FILE, MANIFEST_FILE, SEGMENTS_DIR])
 def test_a_damaged_index_is_reported_with_the_fix_and_rebuild_recovers(tmp_path, damaged):
     articles, index_dir = copy_seeds(tmp_path / "articles"), tmp_path / "index"

@@ -4,8 +4,11 @@ citations, the cited article with the quote marked, and the conversation as a Ma
 from __future__ import annotations
 
 import html
+import os
 import logging
+import shutil
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -24,10 +27,16 @@ from .render import TITLE, display_path, hint_html, link_target, markdown_text, 
 logger = logging.getLogger(__name__)
 
 EXPORT_NAME = "qa-conversation.md"
+EXPORTS_DIR = Path(tempfile.gettempdir()) / f"qa-exports-{os.getpid()}"
+"""Where this server writes the download button's files, one sub-folder per export."""
+EXPORT_KEEP_SECONDS = 600.0
 QUOTE_MARK_ID = "qa-quote"
 SHORT_MARK_CLASS = "qa-short"
 CITE_LINK_PREFIX = "#qa-cite-"
 CHOICE_SEPARATOR = ":"
+BUILD_WAIT_SECONDS = 600.0
+"""A question asked while the first index is being built waits this long for it, showing the build's progress."""
+BUILD_POLL_SECONDS = 1.0
 
 
 @dataclass
@@ -69,16 +78,22 @@ def respond(
     except ValueError as error:
         turn = Turn(text, f"That scope cannot be used: {error}.", failed=True)
     else:
-        turn = ask(text, history, store, watcher, where)
+        deadline = time.monotonic() + BUILD_WAIT_SECONDS
+        while (turn := ask(text, history, store, watcher, where, wait=time.monotonic() < deadline)) is None:
+            waiting = f"Waiting for the index, which is being built: {watcher.describe()}"
+            yield "", history, [*pending, {"role": "assistant", "content": markdown_text(waiting)}], gr.skip(), gr.skip()
+            time.sleep(BUILD_POLL_SECONDS)
     history = [*history, turn]
     reply = {"role": "assistant", "content": reply_markdown(turn, len(history) - 1, articles_root)}
     yield "", history, [*pending, reply], citation_radio(len(history) - 1, turn, articles_root), hint_html()
 
 
 def ask(
-    text: str, history: list[Turn], store: str, watcher: FolderWatcher | None = None, where: dict | None = None
-) -> Turn:
-    """Answer one question from the articles `where` admits, in the light of the earlier, successful turns."""
+    text: str, history: list[Turn], store: str, watcher: FolderWatcher | None = None, where: dict | None = None,
+    wait: bool = False,
+) -> Turn | None:
+    """Answer one question from the articles `where` admits, in the light of the earlier, successful turns. With
+    `wait`, None while there is no index yet and the watcher is building one (ask again shortly)."""
     earlier = [
         (turn.question, Answer(turn.question, turn.text, turn.citations, abstained=not turn.citations))
         for turn in history
@@ -89,10 +104,12 @@ def ask(
     except ValueError as error:
         return Turn(text, f"That question cannot be asked: {error}", failed=True)
     except (FileNotFoundError, RuntimeError) as error:
-        logger.warning("no answer: %s", error)
         if watcher is not None and watcher.status.building:
+            if wait:
+                return None
             return Turn(text, f"No answer yet: the index is being built. {watcher.describe()} Ask again in a moment.",
                         failed=True)
+        logger.warning("no answer: %s", error)
         return Turn(text, f"No answer: {error}", failed=True)
     return Turn(text, result.text, list(result.citations), short=result.short)
 
@@ -219,10 +236,24 @@ def export_button(history: list[Turn], articles_root: Path):
     """The download button, holding the conversation as a Markdown file (or disabled while it is empty)."""
     if not history:
         return gr.DownloadButton(value=None, interactive=False)
-    folder = Path(tempfile.mkdtemp(prefix="qa-conversation-"))
-    target = folder / EXPORT_NAME
+    _remove_old_exports()
+    EXPORTS_DIR.mkdir(parents=True, exist_ok=True)
+    target = Path(tempfile.mkdtemp(dir=EXPORTS_DIR)) / EXPORT_NAME
     target.write_text(conversation_markdown(history, articles_root), encoding="utf-8")
     return gr.DownloadButton(value=str(target), interactive=True)
+
+
+def _remove_old_exports() -> None:
+    """Delete the exports written more than EXPORT_KEEP_SECONDS ago (Gradio serves its own copy of each)."""
+    if not EXPORTS_DIR.is_dir():
+        return
+    oldest = time.time() - EXPORT_KEEP_SECONDS
+    for folder in EXPORTS_DIR.iterdir():
+        try:
+            if folder.stat().st_mtime < oldest:
+                shutil.rmtree(folder, ignore_errors=True)
+        except OSError:
+            continue
 
 
 def new_conversation():

@@ -30,6 +30,8 @@ CHAT_CONCURRENCY = 4
 """Questions answered at once; index builds run one at a time beside them."""
 BUILD_CONCURRENCY_ID = "index-build"
 WATCH_REFRESH_SECONDS = 2.0
+GRADIO_CACHE_CLEANUP = (3600, 86400)
+"""Every hour, Gradio deletes the files it has served (downloads, uploads) that are over a day old."""
 FEEDS_REFRESH_SECONDS = 10.0
 """How often the Articles tab's feed list is read again, to show background updates."""
 """How often an open Articles tab shows the watcher's state afresh."""
@@ -81,7 +83,7 @@ def build_app(articles_dir: str, store: str, watcher: FolderWatcher | None = Non
     """The Gradio app: a Chat tab (scope, conversation, the cited article beside it) and an Articles tab to browse,
     add, delete and index articles."""
     articles_root = Path(articles_dir)
-    with gr.Blocks(title=TITLE) as app:
+    with gr.Blocks(title=TITLE, delete_cache=GRADIO_CACHE_CLEANUP) as app:
         turns = gr.State([])
         remembered = gr.BrowserState([], storage_key=CONVERSATION_STORAGE_KEY)
         page_number = gr.State(0)
