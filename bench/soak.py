@@ -200,7 +200,8 @@ def citations_of(reply: str) -> list[tuple[str, str]]:
 
 
 def user(server: Server, titles: list[str], stop_at: float, asked: list[Asked], seed: int) -> None:
-    """One chat user: a title question, then a follow-up, again and again; a new session after a failure."""
+    """One chat user: a new conversation with a title question, then a follow-up, again and again; a new session
+    after a failure."""
     from gradio_client import Client
 
     chooser = random.Random(seed)
@@ -212,6 +213,11 @@ def user(server: Server, titles: list[str], stop_at: float, asked: list[Asked], 
             time.sleep(1)
             continue
         messages: list = []
+        try:
+            client.predict(api_name="/new_conversation")  # as a reader presses "New conversation"
+        except Exception:  # the server is down (killed): a new session once it is back
+            client = None
+            continue
         for question in (f"What happened in the story “{chooser.choice(titles)}”?", FOLLOW_UP):
             started = time.monotonic()
             try:

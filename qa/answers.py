@@ -38,6 +38,9 @@ ABSTAIN_FOCUS_COVERAGE = 0.20
 MIN_OWN_WORDS = 2
 """... and only when the question has at least this many words of its own (see followup.content_words)."""
 NEAR_DUPLICATE_COSINE = 0.95
+MAX_CONVERSATION_TURNS = 20
+"""A conversation is read from its last 20 turns: older ones weigh under 1.2% of the last (FOCUS_DECAY ** 20), and a
+conversation of hundreds of turns would make every answer slower."""
 QUOTE_SCORE_MARGIN = 6.0
 """A further quote is added only while its ranker score (log-odds) is within this margin of the best (with a
 reranker, its own quote_margin, as its scores spread wider)."""
@@ -152,9 +155,9 @@ def answer(
 
 
 def read_question(index: LoadedIndex, question: str, history: Sequence[Turn] | None) -> Query:
-    """The question as it is searched in its conversation: the text and its vector, the question as asked and its
-    vector, and the conversation's focus."""
-    turns = [_earlier_turn(*_pair(turn)) for turn in history or []]
+    """The question as it is searched in its conversation (its last MAX_CONVERSATION_TURNS turns): the text and its
+    vector, the question as asked and its vector, and the conversation's focus."""
+    turns = [_earlier_turn(*_pair(turn)) for turn in history or []][-MAX_CONVERSATION_TURNS:]
     search_text, focus = read_conversation(index, question, turns)
     return index.query(search_text, question, focus, conversation_context([(t.question, t.answer) for t in turns]))
 

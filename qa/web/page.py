@@ -30,6 +30,8 @@ CHAT_CONCURRENCY = 4
 """Questions answered at once; index builds run one at a time beside them."""
 BUILD_CONCURRENCY_ID = "index-build"
 WATCH_REFRESH_SECONDS = 2.0
+CONVERSATION_TTL_SECONDS = 24 * 3600
+"""A session's conversation is let go after a day without a question (the browser keeps its own copy to restore)."""
 GRADIO_CACHE_CLEANUP = (3600, 86400)
 """Every hour, Gradio deletes the files it has served (downloads, uploads) that are over a day old."""
 FEEDS_REFRESH_SECONDS = 10.0
@@ -84,7 +86,7 @@ def build_app(articles_dir: str, store: str, watcher: FolderWatcher | None = Non
     add, delete and index articles."""
     articles_root = Path(articles_dir)
     with gr.Blocks(title=TITLE, delete_cache=GRADIO_CACHE_CLEANUP) as app:
-        turns = gr.State([])
+        turns = gr.State([], time_to_live=CONVERSATION_TTL_SECONDS)
         remembered = gr.BrowserState([], storage_key=CONVERSATION_STORAGE_KEY)
         page_number = gr.State(0)
         page_paths = gr.State([])
