@@ -3,7 +3,6 @@ every new entry is fetched into one sub-folder per feed, where the folder watche
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 from dataclasses import asdict, dataclass, field
@@ -12,8 +11,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from .articles import require_folder
-from .fetch import Fetched, FetchError, Fetcher, check_url
-from .sources import HTML_TYPES, STATE_DIR, Collection, SavedPage, read_record, write_record, file_stem, keep_page, same_url
+from .fetch import Fetched, FetchError, Fetcher, borrowed, check_url
+from .sources import STATE_DIR, Collection, SavedPage, read_record, write_record, file_stem, keep_page, same_url
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +123,7 @@ def add_feed(url: str, articles_dir: str | Path, fetcher: Fetcher | None = None)
     """Follow the feed at `url`: it is fetched and read first (a broken feed raises FetchError and is not added),
     then listed in FEEDS_FILE and its entries' pages saved. Raises ValueError if the folder follows it already."""
     url = check_url(url)
-    with _client(fetcher) as client:
+    with borrowed(fetcher) as client:
         return _follow(client.get(url), url, require_folder(articles_dir), client)
 
 
@@ -154,7 +153,7 @@ def update_feeds(articles_dir: str | Path, fetcher: Fetcher | None = None) -> li
     if not feeds:
         return []
     updates = []
-    with _client(fetcher) as client, _update_lock:
+    with borrowed(fetcher) as client, _update_lock:
         collection = Collection.of(root)
         states = _read_states(root)
         for feed in feeds:
@@ -172,9 +171,9 @@ def add_url(url: str, articles_dir: str | Path, fetcher: Fetcher | None = None) 
     collection = Collection.of(root)
     if (existing := collection.has_url(url)) is not None:
         return SavedPage(url, existing, "", "same URL")
-    with _client(fetcher) as client:
+    with borrowed(fetcher) as client:
         fetched = client.get(url)
-        if fetched.content_type.split(";")[0].strip().lower() in HTML_TYPES:
+        if fetched.is_html:
             return keep_page(fetched, collection, "", requested=url)
         return _follow(fetched, url, root, client)
 
@@ -233,8 +232,7 @@ def _save_entries(feed: Feed, state: FeedState, parsed, fetched: Fetched, collec
     seen = set(state.seen)
     saved, errors = [], []
     for entry in parsed.entries:
-        link = entry.get("link")
-        key = entry.get("id") or link
+        link, key = entry.get("link"), _entry_key(entry)
         if not key or key in seen:
             continue
         if link and not link.lower().startswith(("http://", "https://")):
@@ -254,7 +252,7 @@ def _save_entries(feed: Feed, state: FeedState, parsed, fetched: Fetched, collec
         seen.add(key)
     state.seen = state.seen[-MAX_SEEN_ENTRIES:]
     state.title = parsed.feed.get("title", "") or state.title
-    if all(key in seen for key in (entry.get("id") or entry.get("link") for entry in parsed.entries) if key):
+    if all(key in seen for key in map(_entry_key, parsed.entries) if key):
         state.etag, state.last_modified = fetched.etag, fetched.last_modified
     update = FeedUpdate(feed, saved, errors=errors)
     state.new_entries = len(update.added)
@@ -263,8 +261,9 @@ def _save_entries(feed: Feed, state: FeedState, parsed, fetched: Fetched, collec
     return update
 
 
-def _client(fetcher: Fetcher | None):
-    return contextlib.nullcontext(fetcher) if fetcher is not None else Fetcher()
+def _entry_key(entry) -> str | None:
+    """What tells one feed entry from another: its id, else its link."""
+    return entry.get("id") or entry.get("link")
 
 
 def _now() -> str:

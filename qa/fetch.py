@@ -3,6 +3,7 @@ after DNS and on every redirect), size, time and redirect limits, robots.txt and
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import os
@@ -37,6 +38,7 @@ MAX_REDIRECTS = 5
 USER_AGENT = "qa-news-fetcher/0.1 (fetches pages and feeds its user asked for into an offline news collection)"
 ROBOTS_AGENT = "qa-news-fetcher"
 SCHEMES = ("http", "https")
+HTML_TYPES = ("text/html", "application/xhtml+xml")
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 """Answers after which the same request may succeed later."""
 
@@ -67,6 +69,15 @@ class Fetched:
     def unchanged(self) -> bool:
         return self.status == httpx.codes.NOT_MODIFIED
 
+    @property
+    def media_type(self) -> str:
+        """The content type without its parameters, in lower case ("text/html"); empty when the server gave none."""
+        return self.content_type.split(";")[0].strip().lower()
+
+    @property
+    def is_html(self) -> bool:
+        return self.media_type in HTML_TYPES
+
 
 def private_addresses_allowed() -> bool | frozenset[str]:
     """Whether fetches may go to loopback, private, link-local and other non-public addresses: $QA_FETCH_ALLOW_PRIVATE
@@ -86,6 +97,11 @@ def check_url(url: str) -> str:
     if parts.scheme.lower() not in SCHEMES or not parts.hostname:
         raise FetchError(f"{url!r} is not a web address: give one that starts with http:// or https://")
     return url
+
+
+def borrowed(fetcher: Fetcher | None):
+    """A context giving `fetcher`, left open for its owner, or a new Fetcher closed at the end."""
+    return contextlib.nullcontext(fetcher) if fetcher is not None else Fetcher()
 
 
 def _float_env(name: str, default: float) -> float:

@@ -3,7 +3,6 @@ and the URL an article file came from."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -15,7 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from .articles import article_source, find_article_files, require_folder, text_of, write_atomically
-from .fetch import Fetched, FetchError, Fetcher, check_url
+from .fetch import Fetched, FetchError, Fetcher, borrowed, check_url
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +24,6 @@ FINGERPRINTS_FILE = "fingerprints.json"
 """For each article file's content (SHA-256), the fingerprint of its article text, so duplicates are found fast."""
 PAGE_SUFFIX = ".html"
 MAX_NAME_CHARS = 80
-HTML_TYPES = ("text/html", "application/xhtml+xml")
 _NOT_NAME = re.compile(r"[^a-z0-9]+")
 _SPACE_RUN = re.compile(r"\s+")
 
@@ -78,15 +76,15 @@ def save_page(url: str, articles_dir: str | Path, folder: str = "", fetcher: Fet
     collection = Collection.of(articles_dir)
     if (existing := collection.has_url(url)) is not None:
         return SavedPage(url, existing, "", "same URL")
-    with contextlib.nullcontext(fetcher) if fetcher is not None else Fetcher() as client:
+    with borrowed(fetcher) as client:
         fetched = client.get(url)
     return keep_page(fetched, collection, folder, requested=url)
 
 
 def keep_page(fetched: Fetched, collection: Collection, folder: str, requested: str) -> SavedPage:
     """Keep a fetched page in the collection's folder (see save_page), and remember it in `collection`."""
-    kind = fetched.content_type.split(";")[0].strip().lower()
-    if kind not in HTML_TYPES and (kind or not fetched.content.lstrip()[:1] == b"<"):
+    kind = fetched.media_type
+    if not fetched.is_html and (kind or not fetched.content.lstrip()[:1] == b"<"):
         raise FetchError(f"{fetched.url}: not a web page ({kind or 'unknown content'}); qa keeps HTML pages")
     if (existing := collection.has_url(fetched.url)) is not None:
         return SavedPage(requested, existing, "", "same URL")

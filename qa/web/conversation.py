@@ -4,8 +4,8 @@ citations, the cited article with the quote marked, and the conversation as a Ma
 from __future__ import annotations
 
 import html
-import os
 import logging
+import os
 import shutil
 import tempfile
 import time

@@ -30,13 +30,13 @@ CHAT_CONCURRENCY = 4
 """Questions answered at once; index builds run one at a time beside them."""
 BUILD_CONCURRENCY_ID = "index-build"
 WATCH_REFRESH_SECONDS = 2.0
+"""How often an open Articles tab shows the watcher's state afresh."""
 CONVERSATION_TTL_SECONDS = 24 * 3600
 """A session's conversation is let go after a day without a question (the browser keeps its own copy to restore)."""
 GRADIO_CACHE_CLEANUP = (3600, 86400)
 """Every hour, Gradio deletes the files it has served (downloads, uploads) that are over a day old."""
 FEEDS_REFRESH_SECONDS = 10.0
 """How often the Articles tab's feed list is read again, to show background updates."""
-"""How often an open Articles tab shows the watcher's state afresh."""
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 CONVERSATION_STORAGE_KEY = "qa-conversation"
 """The browser's local storage key under which the conversation survives a reload of the page."""
