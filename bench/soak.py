@@ -49,10 +49,14 @@ DOCS = ROOT / "docs"
 STARTUP_SECONDS = 600
 KILL_GRACE_SECONDS = 90
 """Errors within this long after a kill are the restart's, not failures."""
+WARM_UP_MINUTES = 3
+"""A server's first minutes (loading, catching up with the folder) are left out when its own growth is measured."""
 CHURN_SECONDS = 4.0
 FEED_EVERY_CHURNS = 8
 SETTLE_SECONDS = 180
 FOLLOW_UP = "Who said so?"
+CONVERSATIONS_PER_SESSION = 5
+"""A user leaves after this many conversations and another opens the page: a new browser session."""
 _CITATION = re.compile(r"\[\*\*\\\[(\d+)\\\]\*\*\]\(#qa-cite-[\d-]+\) (.*?)  \n\*(.*?)\*(?:\n|$)", re.S)
 _ESCAPE = re.compile(r"\\(.)")
 _SPACE = re.compile(r"\s+")
@@ -201,12 +205,16 @@ def citations_of(reply: str) -> list[tuple[str, str]]:
 
 def user(server: Server, titles: list[str], stop_at: float, asked: list[Asked], seed: int) -> None:
     """One chat user: a new conversation with a title question, then a follow-up, again and again; a new session
-    after a failure."""
+    every CONVERSATIONS_PER_SESSION conversations, as readers come and go, and after a failure."""
     from gradio_client import Client
 
     chooser = random.Random(seed)
     client = None
+    conversations = 0
     while time.monotonic() < stop_at:
+        if conversations % CONVERSATIONS_PER_SESSION == 0:
+            client = None
+        conversations += 1
         try:
             client = client or Client(server.url, verbose=False)
         except Exception:  # the server is down (killed): try again shortly
@@ -245,7 +253,6 @@ def churn(articles: Path, pool: list[Path], versions: Versions, newsroom: Newsro
         if pool:
             source = pool.pop()
             target = articles / "bbc" / source.parent.name / f"late-{source.name}"
-            target.parent.mkdir(parents=True, exist_ok=True)
             _write(target, source.read_bytes(), articles, versions)
         if rounds % 5 == 0 and pages:
             page = pages[rounds // 5 % len(pages)]
@@ -270,6 +277,7 @@ def churn(articles: Path, pool: list[Path], versions: Versions, newsroom: Newsro
 
 def _write(target: Path, data: bytes, articles: Path, versions: Versions) -> None:
     temporary = target.with_name(f".{target.name}.part")
+    target.parent.mkdir(parents=True, exist_ok=True)
     temporary.write_bytes(data)
     try:
         text = text_of(data, target.suffix)
@@ -312,6 +320,18 @@ def sample(server: Server, work: Path, store: str, asked: list[Asked], minute: i
         round(sum(p.stat().st_size for p in index_files if p.exists()) / 1e6, 1),
         sum(1 for p in index_path.glob("gen-*")) if index_path.is_dir() else 0,
     )
+
+
+def growth_within_lives(minutes: list[Minute], kills_at: list[float]) -> float:
+    """The largest growth of server RSS within one server's life (between kills), from the end of its warm-up to its
+    last minute: what a server that is never killed would keep adding."""
+    bounds = [0.0, *kills_at, float("inf")]
+    growths = []
+    for start, end in zip(bounds, bounds[1:]):
+        rss = [m.rss_mb for m in minutes if start + WARM_UP_MINUTES < m.minute - 1 and m.minute <= end]
+        if len(rss) > 1:
+            growths.append(rss[-1] / rss[0] - 1)
+    return max(growths, default=float("nan"))
 
 
 def settle(articles: Path, store: str, server: Server) -> tuple[set[str], set[str]]:
@@ -406,7 +426,16 @@ def main() -> int:
     asked: list[Asked] = []
     threads = [threading.Thread(target=user, args=(server, titles, stop_at, asked, args.seed + n), daemon=True)
                for n in range(args.users)]
-    threads.append(threading.Thread(target=churn, args=(articles, pool, versions, newsroom, stop_at, rng), daemon=True))
+    churn_failures: list[str] = []
+
+    def churning() -> None:
+        try:
+            churn(articles, pool, versions, newsroom, stop_at, rng)
+        except Exception as error:  # the run goes on, and fails at the end: a soak without churn proves too little
+            churn_failures.append(f"{type(error).__name__}: {error}")
+            raise
+
+    threads.append(threading.Thread(target=churning, daemon=True))
     for thread in threads:
         thread.start()
     minutes: list[Minute] = []
@@ -430,12 +459,15 @@ def main() -> int:
     errors = sum(m.errors for m in minutes)
     steady = [m.rss_mb for m in minutes if m.minute > 10]
     growth = (max(steady) / steady[0] - 1) if len(steady) > 1 else float("nan")
+    life_growth = growth_within_lives(minutes, [(k - begun) / 60 for k in server.kills])
     summary = {
         "store": args.store, "minutes": args.minutes, "users": args.users, "kills": len(server.kills),
         "answers": sum(a.ok for a in asked), "errors": errors, "restart_errors": sum(m.restart_errors for m in minutes),
+        "churn_failed": churn_failures[0] if churn_failures else None,
         "citations_checked": checked, "citations_bad": len(bad), "index_equals_folder": folder == indexed,
         "missing_from_index": sorted(folder - indexed)[:10], "not_in_folder": sorted(indexed - folder)[:10],
         "rss_growth_after_10_min": None if growth != growth else round(growth, 3),
+        "rss_growth_within_a_life": None if life_growth != life_growth else round(life_growth, 3),
         "minutes_log": [asdict(m) for m in minutes],
     }
     results, docs = (args.output, args.output) if args.output else (RESULTS, DOCS)
@@ -446,14 +478,14 @@ def main() -> int:
              f"kills every {args.kill_every:g} min")
     except ImportError:
         print("  (no plot: matplotlib is not installed; `pip install -e '.[bench]'`)")
-    for key in ("answers", "errors", "restart_errors", "kills", "citations_checked", "citations_bad",
-                "index_equals_folder", "rss_growth_after_10_min"):
+    for key in ("answers", "errors", "churn_failed", "restart_errors", "kills", "citations_checked", "citations_bad",
+                "index_equals_folder", "rss_growth_after_10_min", "rss_growth_within_a_life"):
         print(f"{key:26s} {summary[key]}")
     for line in bad[:5]:
         print(f"  unverified: {line}")
     if folder != indexed:
         print(f"  missing from the index: {summary['missing_from_index']}; not in the folder: {summary['not_in_folder']}")
-    return 0 if errors == 0 and not bad and folder == indexed and summary["answers"] else 1
+    return 0 if errors == 0 and not churn_failures and not bad and folder == indexed and summary["answers"] else 1
 
 
 def _free_port() -> int:

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
+from weakref import WeakKeyDictionary
 
 import numpy as np
 
@@ -259,8 +260,7 @@ def _cite(index: LoadedIndex, chosen: list[RankedSentence]) -> tuple[list[Citati
         current = files[sentence.article]
         moved = _placed(current.text, sentence) if current is not None else None
         if moved is None:
-            logger.warning("%s no longer holds a sentence it was indexed with; run `qa index` to update the index",
-                           current.path if current else index.reader.article(sentence.article).path)
+            _warn_once(index, current.path if current else index.reader.article(sentence.article).path)
             continue
         placed.append(moved)
     groups: list[list[RankedSentence]] = []
@@ -289,6 +289,17 @@ def _cite(index: LoadedIndex, chosen: list[RankedSentence]) -> tuple[list[Citati
         )
         quoted.extend(QuotedSentence(s, current.path, current.text) for s in group)
     return citations, quoted
+
+
+_warned: WeakKeyDictionary[LoadedIndex, set[str]] = WeakKeyDictionary()
+
+
+def _warn_once(index: LoadedIndex, path: str) -> None:
+    """Say once per index that a file no longer holds what was indexed from it (every answer citing it would else)."""
+    warned = _warned.setdefault(index, set())
+    if path not in warned:
+        warned.add(path)
+        logger.warning("%s no longer holds a sentence it was indexed with; run `qa index` to update the index", path)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .keywords import TermCounts, bm25_terms, concatenated_ranges, idf, query_terms
+from .memory import return_freed_memory
 from .reranker import AnswerSpan, Reranker, question_text
 from .scope import Scope
 from .store import FORMAT_VERSION, ChunkRows, IndexCorruptError, IndexReader, KeywordStats, SentenceRows, open_store
@@ -422,5 +423,8 @@ def load_index(index_dir: str | None = None, store: str | None = None) -> Loaded
                 raise
             logger.info("index %s was replaced while loading; loading %s", generation, opened.live())
             loaded = LoadedIndex(opened.open())  # a build replaced (and tidied away) the generation being read
+        replacing = opened.location in _loaded
         _loaded[opened.location] = loaded
-        return loaded
+    if replacing:
+        return_freed_memory()  # the replaced index's memory (once answers under way let go of it: at the latest next time)
+    return loaded

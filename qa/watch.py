@@ -9,6 +9,7 @@ from pathlib import Path
 
 from . import config
 from .index import build_index
+from .memory import return_freed_memory
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +91,7 @@ class FolderWatcher:
             )
         finally:
             status.building = False
+            return_freed_memory()  # the build's own working memory
 
     def describe(self) -> str:
         """One line for the page: the build's progress, or the last outcome."""

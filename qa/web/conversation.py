@@ -72,7 +72,9 @@ def respond(
         yield text, history, messages, gr.skip(), gr.skip()
         return
     pending = [*messages, {"role": "user", "content": markdown_text(text)}]
-    yield "", history, [*pending, {"role": "assistant", "content": "Searching the articles…"}], gr.skip(), gr.skip()
+    # The article view is given a value, never gr.skip(): Gradio keeps a copy of an HTML component in the session for
+    # every skip sent to it, which grew the server by about 8 KB an answer.
+    yield "", history, [*pending, {"role": "assistant", "content": "Searching the articles…"}], gr.skip(), hint_html()
     try:
         where = where_of(*scope)
     except ValueError as error:
@@ -81,7 +83,7 @@ def respond(
         deadline = time.monotonic() + BUILD_WAIT_SECONDS
         while (turn := ask(text, history, store, watcher, where, wait=time.monotonic() < deadline)) is None:
             waiting = f"Waiting for the index, which is being built: {watcher.describe()}"
-            yield "", history, [*pending, {"role": "assistant", "content": markdown_text(waiting)}], gr.skip(), gr.skip()
+            yield "", history, [*pending, {"role": "assistant", "content": markdown_text(waiting)}], gr.skip(), hint_html()
             time.sleep(BUILD_POLL_SECONDS)
     history = [*history, turn]
     reply = {"role": "assistant", "content": reply_markdown(turn, len(history) - 1, articles_root)}

@@ -33,6 +33,9 @@ WATCH_REFRESH_SECONDS = 2.0
 """How often an open Articles tab shows the watcher's state afresh."""
 CONVERSATION_TTL_SECONDS = 24 * 3600
 """A session's conversation is let go after a day without a question (the browser keeps its own copy to restore)."""
+CHAT_SESSIONS_KEPT = 1000
+"""Browser sessions whose state the server keeps, the least recently used let go first (each holds about 130 KB of
+Gradio's per-session page state; a let-go reader keeps the conversation on screen, and reloading restores it)."""
 GRADIO_CACHE_CLEANUP = (3600, 86400)
 """Every hour, Gradio deletes the files it has served (downloads, uploads) that are over a day old."""
 FEEDS_REFRESH_SECONDS = 10.0
@@ -423,6 +426,7 @@ def serve(
         theme=gr.themes.Default(font=LOCAL_FONTS, font_mono=LOCAL_MONO_FONTS),
         show_error=True,
         footer_links=[],
+        state_session_capacity=CHAT_SESSIONS_KEPT,
     )
 
 
