@@ -361,7 +361,7 @@ def plot(minutes: list[Minute], target: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(2, 3, figsize=(13, 6.5), sharex=True)
-    series = [("answers / minute", "answers"), ("errors (restart errors dotted)", "errors"), ("p50 / p95 ms", "p50_ms"),
+    series = [("answers / minute", "answers"), ("errors (restart errors dotted)", "errors"), ("p50 / p95 ms (log scale)", "p50_ms"),
               ("server RSS, MB", "rss_mb"), ("open files, temporary files", "open_files"), ("index MB, generations", "index_mb")]
     x = [m.minute for m in minutes]
     for axis, (name, key) in zip(axes.flat, series):
@@ -369,6 +369,7 @@ def plot(minutes: list[Minute], target: Path, title: str) -> None:
         axis.set_title(name, fontsize=10)
     axes[0][1].plot(x, [m.restart_errors for m in minutes], linestyle=":")
     axes[0][2].plot(x, [m.p95_ms for m in minutes], marker=".")
+    axes[0][2].set_yscale("log")  # questions that waited for the first build would flatten the rest
     axes[1][1].plot(x, [m.temporary_files for m in minutes], marker=".")
     axes[1][2].plot(x, [m.generations for m in minutes], marker=".")
     for axis in axes[1]:
