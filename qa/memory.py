@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import logging
 from functools import lru_cache
-
-logger = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=1)
 def _glibc() -> ctypes.CDLL | None:
     """The C library when it is glibc (which has malloc_trim), else None."""
     name = ctypes.util.find_library("c")
+    if not name:
+        return None
     try:
-        library = ctypes.CDLL(name) if name else None
+        library = ctypes.CDLL(name)
     except OSError:
         return None
-    return library if library is not None and hasattr(library, "malloc_trim") else None
+    return library if hasattr(library, "malloc_trim") else None
 
 
 def return_freed_memory() -> None:

@@ -426,5 +426,5 @@ def load_index(index_dir: str | None = None, store: str | None = None) -> Loaded
         replacing = opened.location in _loaded
         _loaded[opened.location] = loaded
     if replacing:
-        return_freed_memory()  # the replaced index's memory (once answers under way let go of it: at the latest next time)
+        return_freed_memory()  # the replaced index's (what answers under way still hold goes at the next reload)
     return loaded
