@@ -335,23 +335,26 @@ def growth_within_lives(minutes: list[Minute], kills_at: list[float]) -> float:
 
 
 def settle(articles: Path, store: str, server: Server) -> tuple[set[str], set[str]]:
-    """Let the server catch up with the folder, stop it, and return (the folder's readable articles, the index's)."""
+    """Let the server catch up with the folder, stop it, and return (the folder's readable articles, the index's), both
+    read once the server has stopped. The folder is read again at every check: the server's own feed fetches add to
+    it until the end."""
     deadline = time.monotonic() + SETTLE_SECONDS
-    folder = {p.relative_to(articles).as_posix() for p in find_article_files(articles)}
-    indexed: set[str] = set()
-    while time.monotonic() < deadline and not store.startswith("milvus:"):
+    agreed = 0
+    while time.monotonic() < deadline and not store.startswith("milvus:") and agreed < 2:
         try:
             indexed = {a.path for a in qa.describe_index(store=store).articles}
         except (FileNotFoundError, RuntimeError):
             indexed = set()
-        if indexed == folder:
-            break
+        agreed = agreed + 1 if indexed == _readable(articles) else 0
         time.sleep(3)
     if store.startswith("milvus:"):
         time.sleep(min(SETTLE_SECONDS, 60))
     server.stop()
-    indexed = {a.path for a in qa.describe_index(store=store).articles}
-    return folder, indexed
+    return _readable(articles), {a.path for a in qa.describe_index(store=store).articles}
+
+
+def _readable(articles: Path) -> set[str]:
+    return {p.relative_to(articles).as_posix() for p in find_article_files(articles)}
 
 
 def plot(minutes: list[Minute], target: Path, title: str) -> None:
@@ -454,8 +457,8 @@ def main() -> int:
     for thread in threads:
         thread.join(timeout=120)
 
+    site.shutdown()  # no new feed entries from here on
     folder, indexed = settle(articles, store, server)
-    site.shutdown()
     checked, bad = verify(asked, articles, versions)
     errors = sum(m.errors for m in minutes)
     steady = [m.rss_mb for m in minutes if m.minute > 10]
