@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 
 from . import config
@@ -237,9 +238,14 @@ def _serve(args: argparse.Namespace) -> int:
         if not separator or not user or not password:
             raise ValueError("--auth must look like USER:PASSWORD")
         auth = (user, password)
+    signal.signal(signal.SIGTERM, _interrupt)  # a service manager's stop ends the server as Ctrl-C does, build worker too
     serve(config.articles_dir(args.articles), _store(args), host=args.host, port=args.port, auth=auth,
           watch=not args.no_watch, feeds_every=args.feeds_every)
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _follow_feeds(args: argparse.Namespace) -> None:

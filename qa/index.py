@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
@@ -18,6 +19,9 @@ from .articles import Article, SkippedFile, read_articles, require_folder
 from .chunks import chunk_article, sentence_text
 from .retrieval import load_index
 from .store import FORMAT_VERSION, EmbeddedArticle, IndexInfo, Update, open_store
+
+if TYPE_CHECKING:
+    from .worker import BuildWorker
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +66,7 @@ def build_index(
     backend: str | None = None,
     store: str | None = None,
     progress: Callable[[int, int], None] | None = None,
+    worker: BuildWorker | None = None,
 ) -> IndexReport:
     """Bring the index up to date with the articles in `articles_dir`.
 
@@ -70,7 +75,7 @@ def build_index(
     Unchanged articles are neither parsed nor embedded again; changed and new ones are embedded; removed ones
     leave. A changed model or backend (or `rebuild=True`) re-embeds everything. Readers see the new index all at
     once: if the build fails or is interrupted, the previous index stays live. `progress(done, total)` is called
-    with counts of chunks embedded.
+    with counts of chunks embedded. With a `worker`, the embedding runs in its process instead of this one.
     """
     from .embeddings import backend_name
 
@@ -95,7 +100,10 @@ def build_index(
         logger.info("index is up to date (%d articles)", report.unchanged)
     else:
         logger.info("embedding %d new or changed articles", len(scan.articles))
-        added = _embed_articles(scan.articles, encoder, progress)
+        if worker is None:
+            added = _embed_articles(scan.articles, encoder, progress)
+        else:
+            added = worker.embed(scan.articles, encoder, progress)
         report.chunks_embedded = sum(len(item.chunks) for item in added)
         logger.info("writing %d articles and %d removals to %s", len(added), len(removed), target.location)
         target.write(Update(encoder.model, encoder.backend, str(articles_root), removed, added, rebuild=info is None))
@@ -103,7 +111,8 @@ def build_index(
             "index built: %d added, %d updated, %d removed, %d unchanged, %d chunks embedded",
             report.added, report.updated, report.removed, report.unchanged, report.chunks_embedded,
         )
-    _export_for_questions(encoder)
+    if worker is None:
+        _export_for_questions(encoder)  # a worker makes it beside the embedding
     report.seconds = time.perf_counter() - started
     return report
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from . import config
 from .index import build_index
 from .memory import return_freed_memory
+from .worker import BuildWorker
 
 logger = logging.getLogger(__name__)
 
@@ -34,13 +35,16 @@ class WatchStatus:
 
 class FolderWatcher:
     """Brings the store up to date with the folder now, then (unless `watch` is off) after every batch of added,
-    changed or removed article files, in a background thread. A failed build is logged and kept in `status`; the previous index keeps answering."""
+    changed or removed article files, in a background thread. A failed build is logged and kept in `status`; the
+    previous index keeps answering. The embedding runs in `worker`, a process of its own, so this one never loads
+    the model."""
 
     def __init__(self, articles_dir: str, store: str, watch: bool = True):
         self.articles_dir = str(Path(config.articles_dir(articles_dir)).resolve())
         self.store = store
         self.watching = watch
         self.status = WatchStatus()
+        self.worker = BuildWorker()
         self._thread = threading.Thread(target=self._run, name="qa-watch", daemon=True)
 
     def start(self) -> FolderWatcher:
@@ -78,7 +82,7 @@ class FolderWatcher:
             status.done, status.total, status.message = done, total, "Embedding new text"
 
         try:
-            report = build_index(self.articles_dir, store=self.store, progress=progress)
+            report = build_index(self.articles_dir, store=self.store, progress=progress, worker=self.worker)
         except Exception as error:  # any failure is shown; the previous index keeps answering
             logger.exception("watched build of %s failed", self.articles_dir)
             status.error = f"The last update failed: {error}. The previous index is still answering."

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +21,8 @@ FOLLOW_SECONDS = 10
 LIMA_QUESTION = "Where did the leaders of Japan, the United States and South Korea meet in November 2024?"
 DROPPED_FACT = "The Velmont orchard cooperative harvested nine hundred tonnes of plums this autumn."
 DROPPED_QUESTION = "How many tonnes of plums did the Velmont orchard cooperative harvest?"
+LANTERN_FACT = "The Harbin riverside festival floated four thousand lanterns on the Songhua this spring."
+LANTERN_QUESTION = "How many lanterns did the Harbin riverside festival float on the Songhua?"
 
 
 def _free_port() -> int:
@@ -68,7 +71,7 @@ def served(tmp_path_factory):
                 if server.poll() is not None or time.monotonic() > deadline:
                     pytest.fail(f"qa serve did not start:\n{log.read_text(errors='replace')}")
                 time.sleep(0.5)
-        yield {"client": client, "articles": articles, "log": log}
+        yield {"client": client, "articles": articles, "log": log, "server": server}
     finally:
         server.terminate()
         server.wait(timeout=20)
@@ -95,3 +98,29 @@ def test_a_file_dropped_into_the_folder_is_quoted_within_seconds(served):
     dropped.unlink()
     reply = _answer_within(client, DROPPED_QUESTION, "do not say", FOLLOW_SECONDS)
     assert "nine hundred tonnes" not in reply, "a deleted file leaves the index by itself"
+
+
+def test_a_killed_build_worker_loses_no_change(served):
+    """Builds embed in a worker process; killing it (as the system would, out of memory) loses no change."""
+    client = served["client"]
+    assert "Lima" in _answer_within(client, LIMA_QUESTION, "Lima", START_SECONDS)
+    workers = [pid for pid in _children(served["server"].pid) if b"spawn_main" in _cmdline(pid)]
+    assert workers, "the server embeds in a worker process"
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    (served["articles"] / "lantern.txt").write_text(f"Lantern festival\n\nMarch 4, 2025\n\n{LANTERN_FACT}\n",
+                                                    encoding="utf-8")
+    reply = _answer_within(client, LANTERN_QUESTION, "Lantern festival", START_SECONDS)
+    assert "four thousand" in reply and "Lantern festival" in reply, reply
+
+
+def _children(pid: int) -> list[int]:
+    """Child processes, whichever of the server's threads started them."""
+    return [int(child) for task in Path(f"/proc/{pid}/task").iterdir() for child in (task / "children").read_text().split()]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return b""

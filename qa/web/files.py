@@ -13,6 +13,7 @@ import gradio as gr
 
 from .. import build_index, config
 from ..articles import MAX_ARTICLE_BYTES, text_of, write_atomically
+from ..worker import BuildWorker
 from .render import markdown_text
 
 logger = logging.getLogger(__name__)
@@ -102,14 +103,16 @@ def delete_file(articles_root: Path, path: str) -> str:
     return f"Deleted {path} from the articles folder."
 
 
-def update_index(articles_dir: str, store: str, progress: gr.Progress, notes: list[str]) -> str:
-    """Update the index incrementally; returns the status message."""
+def update_index(articles_dir: str, store: str, progress: gr.Progress, notes: list[str],
+                 worker: BuildWorker | None = None) -> str:
+    """Update the index incrementally (embedding in `worker`'s process, if given); returns the status message."""
     progress(0, desc="Reading articles")
     try:
         report = build_index(
             articles_dir,
             store=store,
             progress=lambda done, total: progress((done, total), desc="Embedding new text", unit="chunks"),
+            worker=worker,
         )
     except Exception as error:  # any failure is reported in the page; the previous index keeps answering
         logger.exception("index build failed")
