@@ -306,8 +306,7 @@ def verify(asked: list[Asked], articles: Path, versions: Versions) -> tuple[int,
 
 def sample(server: Server, work: Path, store: str, asked: list[Asked], minute: int, since: float) -> Minute:
     window = [a for a in asked if since <= a.ended]
-    after_kill = [a for a in window if not a.ok and any(0 <= a.started - k <= KILL_GRACE_SECONDS or
-                                                          a.started <= k <= a.ended for k in server.kills)]
+    after_kill = [a for a in window if not a.ok and _after_kill(a, server.kills)]
     latencies = [(a.ended - a.started) * 1000 for a in window if a.ok]
     index_path = Path(store.removeprefix("milvus:"))
     index_files = [index_path] if index_path.is_file() else [p for p in index_path.rglob("*") if p.is_file()]
@@ -320,6 +319,11 @@ def sample(server: Server, work: Path, store: str, asked: list[Asked], minute: i
         round(sum(p.stat().st_size for p in index_files if p.exists()) / 1e6, 1),
         sum(1 for p in index_path.glob("gen-*")) if index_path.is_dir() else 0,
     )
+
+
+def _after_kill(asked: Asked, kills: list[float]) -> bool:
+    """Whether a question was asked during a kill or in the seconds after it."""
+    return any(0 <= asked.started - k <= KILL_GRACE_SECONDS or asked.started <= k <= asked.ended for k in kills)
 
 
 def growth_within_lives(minutes: list[Minute], kills_at: list[float]) -> float:
@@ -472,6 +476,7 @@ def main() -> int:
         "missing_from_index": sorted(folder - indexed)[:10], "not_in_folder": sorted(indexed - folder)[:10],
         "rss_growth_after_10_min": None if growth != growth else round(growth, 3),
         "rss_growth_within_a_life": None if life_growth != life_growth else round(life_growth, 3),
+        "error_samples": sorted({a.error for a in asked if not a.ok and not _after_kill(a, server.kills)})[:10],
         "minutes_log": [asdict(m) for m in minutes],
     }
     results, docs = (args.output, args.output) if args.output else (RESULTS, DOCS)
@@ -485,6 +490,8 @@ def main() -> int:
     for key in ("answers", "errors", "churn_failed", "restart_errors", "kills", "citations_checked", "citations_bad",
                 "index_equals_folder", "rss_growth_after_10_min", "rss_growth_within_a_life"):
         print(f"{key:26s} {summary[key]}")
+    for line in summary["error_samples"]:
+        print(f"  error: {line}")
     for line in bad[:5]:
         print(f"  unverified: {line}")
     if folder != indexed:
