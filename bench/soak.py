@@ -55,6 +55,7 @@ CHURN_SECONDS = 4.0
 FEED_EVERY_CHURNS = 8
 SETTLE_SECONDS = 180
 FOLLOW_UP = "Who said so?"
+STREAM_END_SECONDS = 1.0
 CONVERSATIONS_PER_SESSION = 5
 """A user leaves after this many conversations and another opens the page: a new browser session."""
 _CITATION = re.compile(r"\[\*\*\\\[(\d+)\\\]\*\*\]\(#qa-cite-[\d-]+\) (.*?)  \n\*(.*?)\*(?:\n|$)", re.S)
@@ -234,10 +235,21 @@ def user(server: Server, titles: list[str], stop_at: float, asked: list[Asked], 
                 if not messages or reply.startswith("No answer"):
                     raise RuntimeError(reply[:120] or "no reply")
                 asked.append(Asked(started, time.monotonic(), True, citations=citations_of(reply)))
+                _await_stream_end(client)
             except Exception as error:  # every failure is counted, and the session started again
                 asked.append(Asked(started, time.monotonic(), False, f"{type(error).__name__}: {error}"[:200]))
                 client = None
                 break
+
+
+def _await_stream_end(client) -> None:
+    """Wait (at most STREAM_END_SECONDS) until the client has read the end of its session's event stream. The
+    server ends that stream right after the session's last event completes; a prediction submitted before the
+    client has read the end is registered on the closing stream, and gradio_client raises CancelledError for it
+    although the server answered. A reader takes longer than this to type a follow-up."""
+    deadline = time.monotonic() + STREAM_END_SECONDS
+    while getattr(client, "stream_open", False) and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def churn(articles: Path, pool: list[Path], versions: Versions, newsroom: Newsroom, stop_at: float,

@@ -143,7 +143,7 @@ class Embedder:
     def export(self) -> None:
         """Make the model's ONNX export (questions are encoded with it, without PyTorch) if it is not cached yet;
         raises RuntimeError for a model the export cannot reproduce."""
-        if not (export_folder(self.model_name) / SETTINGS_FILE).exists():
+        if not has_export(self.model_name):
             _check_exportable(self.model, self.model_name)
             _onnx_export(self.model, self.model_name)
 
@@ -238,6 +238,11 @@ def _check_exportable(model, model_name: str) -> None:
         raise RuntimeError(
             f"the onnx backend supports Transformer + mean pooling models; {model_name!r} is {modules}: use QA_BACKEND=torch"
         )
+
+
+def has_export(model_name: str) -> bool:
+    """Whether the ONNX export of `model_name` that questions are encoded with is made (see Embedder.export)."""
+    return (export_folder(model_name) / SETTINGS_FILE).exists()
 
 
 def export_folder(model_name: str) -> Path:
@@ -363,8 +368,7 @@ def query_encoder(model: str, backend: str) -> QueryEncoder | None:
     key = (model, backend)
     with _embedders_lock:
         if key not in _query_encoders:
-            folder = export_folder(model)
-            _query_encoders[key] = QueryEncoder(folder, backend) if (folder / SETTINGS_FILE).exists() else None
+            _query_encoders[key] = QueryEncoder(export_folder(model), backend) if has_export(model) else None
             if _query_encoders[key] is None:
                 logger.info("no ONNX export of %s yet: questions are encoded by the model (run `qa index`)", model)
         return _query_encoders[key]

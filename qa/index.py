@@ -77,7 +77,7 @@ def build_index(
     once: if the build fails or is interrupted, the previous index stays live. `progress(done, total)` is called
     with counts of chunks embedded. With a `worker`, the embedding runs in its process instead of this one.
     """
-    from .embeddings import backend_name
+    from .embeddings import backend_name, has_export
 
     started = time.perf_counter()
     articles_root = Path(config.articles_dir(articles_dir)).resolve()
@@ -96,14 +96,12 @@ def build_index(
     report.updated = len(scan.articles) - report.added
     report.removed = len(removed)
     report.unchanged = len(scan.unchanged)
-    if info is not None and info.articles_dir == str(articles_root) and not scan.articles and not removed:
-        logger.info("index is up to date (%d articles)", report.unchanged)
-    else:
+    changed = info is None or info.articles_dir != str(articles_root) or bool(scan.articles) or bool(removed)
+    if changed or not has_export(encoder.model):
         logger.info("embedding %d new or changed articles", len(scan.articles))
-        if worker is None:
-            added = _embed_articles(scan.articles, encoder, progress)
-        else:
-            added = worker.embed(scan.articles, encoder, progress)
+        embed = worker.embed if worker is not None else embed_for_index
+        added = embed(scan.articles, encoder, progress)
+    if changed:
         report.chunks_embedded = sum(len(item.chunks) for item in added)
         logger.info("writing %d articles and %d removals to %s", len(added), len(removed), target.location)
         target.write(Update(encoder.model, encoder.backend, str(articles_root), removed, added, rebuild=info is None))
@@ -111,21 +109,26 @@ def build_index(
             "index built: %d added, %d updated, %d removed, %d unchanged, %d chunks embedded",
             report.added, report.updated, report.removed, report.unchanged, report.chunks_embedded,
         )
-    if worker is None:
-        _export_for_questions(encoder)  # a worker makes it beside the embedding
+    else:
+        logger.info("index is up to date (%d articles)", report.unchanged)
     report.seconds = time.perf_counter() - started
     return report
 
 
-def _export_for_questions(encoder: Encoder) -> None:
-    """Make the ONNX export that `qa ask` and `qa serve` encode questions with (once per model), so that a question
-    never waits for PyTorch; a model the export cannot reproduce is encoded by the model itself."""
+def embed_for_index(
+    articles: list[Article], encoder: Encoder, progress: Callable[[int, int], None] | None = None
+) -> list[EmbeddedArticle]:
+    """The build's model step: `articles` embedded (see `_embed_articles`), and the ONNX export that `qa ask` and
+    `qa serve` encode questions with made if it is missing, so that a question never waits for PyTorch. A model the
+    export cannot reproduce leaves questions to the model itself."""
     from .embeddings import get_embedder
 
+    embedded = _embed_articles(articles, encoder, progress)
     try:
         get_embedder(encoder.model, encoder.backend).export()
     except RuntimeError as error:
         logger.info("questions will be encoded by the model itself: %s", error)
+    return embedded
 
 
 @dataclass(frozen=True)

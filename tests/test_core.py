@@ -61,6 +61,20 @@ def test_the_onnx_backend_answers_the_dev_set_and_is_remembered_by_the_index(tmp
     assert again.full_rebuild and qa.describe_index(index_dir).backend == "torch"
 
 
+def test_an_up_to_date_index_gets_back_its_question_encoder_export(tmp_path, monkeypatch):
+    from qa.embeddings import has_export
+
+    index_dir = str(tmp_path / "index")
+    monkeypatch.setenv("QA_CACHE", str(tmp_path / "first-cache"))
+    qa.build_index(SEEDS, index_dir)
+    monkeypatch.setenv("QA_CACHE", str(tmp_path / "cleared-cache"))  # as after clearing ~/.cache
+    model = qa.describe_index(index_dir).model
+    assert not has_export(model)
+    again = qa.build_index(SEEDS, index_dir)
+    assert not again.full_rebuild and again.chunks_embedded == 0 and again.unchanged == len(list(Path(SEEDS).glob("*.txt")))
+    assert has_export(model), "questions are encoded without PyTorch again after `qa index`"
+
+
 def test_questions_are_encoded_without_pytorch_as_pytorch_encodes_them(seeds_index):
     from qa.embeddings import get_embedder, query_encoder
 
