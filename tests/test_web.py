@@ -96,31 +96,45 @@ def _festival_article() -> str:
 def _serving(work: Path, extra_env: dict[str, str] | None = None, serve_args: tuple[str, ...] = ("--no-watch",)
              ) -> Iterator[dict]:
     """A running `qa serve` on `work/articles` with a freshly built index (not watching the folder unless
-    `serve_args` say otherwise); yields its URL and folders."""
+    `serve_args` say otherwise); yields its URL and folders, and `restart()`, which stops it and starts it again on
+    the same address."""
     articles, index, log = work / "articles", work / "index", work / "serve.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "QA_AUTH": "", **(extra_env or {})}
     cli = [sys.executable, "-m", "qa.cli"]
     subprocess.run([*cli, "index", "--articles", str(articles), "--index", str(index)], check=True, env=env, cwd=ROOT)
     port = _free_port()
-    with log.open("w") as output:
-        server = subprocess.Popen(
-            [*cli, "serve", "--articles", str(articles), "--index", str(index), "--port", str(port), *serve_args],
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=ROOT,
-        )
     url = f"http://127.0.0.1:{port}/"
+    servers: list[subprocess.Popen] = []
+
+    def start() -> None:
+        with log.open("a") as output:
+            servers.append(subprocess.Popen(
+                [*cli, "serve", "--articles", str(articles), "--index", str(index), "--port", str(port), *serve_args],
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=ROOT,
+            ))
+        _wait_until_up(url, servers[-1], log)
+
+    def restart() -> None:
+        _stop(servers[-1])
+        start()
+
     try:
-        _wait_until_up(url, server, log)
-        yield {"url": url, "articles": articles, "work": work}
+        start()
+        yield {"url": url, "articles": articles, "work": work, "restart": restart}
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        _stop(servers[-1])
         logger.info("qa serve log:\n%s", log.read_text(errors="replace"))
+
+
+def _stop(server: subprocess.Popen) -> None:
+    server.terminate()
+    try:
+        server.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        server.kill()
 
 
 @pytest.fixture(scope="module")
@@ -351,6 +365,16 @@ PAGE_FURNITURE = ["Accept all", "Most read", "All rights reserved"]
 OLDEST_FILE = "saved/rail-strike.htm"
 SCOPED_ABSTENTION = "The articles in this scope do not say"
 AFTER_THE_SEEDS = "2025-01-01"
+
+
+def test_a_follow_up_after_the_server_restarted_is_read_against_the_conversation(browser, tmp_path: Path) -> None:
+    shutil.copytree(SEEDS, tmp_path / "articles")
+    with _serving(tmp_path) as served, _browser_tab(browser, served) as tab:
+        assert "Lima" in _ask(tab, LIMA_QUESTION)
+        served["restart"]()  # the server forgets its sessions; the page still shows the conversation
+        follow_up = _ask(tab, "Who attended it?")
+        assert "Shigeru Ishiba" in follow_up or "Joe Biden" in follow_up, follow_up
+        assert tab.locator("#qa-chat .message.bot").count() == 2
 
 
 @pytest.fixture(scope="module")

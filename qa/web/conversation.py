@@ -206,6 +206,14 @@ def turns_from_json(saved: object) -> list[Turn]:
         return []
 
 
+def conversation_kept(history: list[Turn], messages: list[dict], saved: object) -> list[Turn]:
+    """The conversation the reader sees: the server's, or the copy kept in the browser when the server no longer
+    has it (restarted, or the session let go) while the page still shows it, so a follow-up is read against it."""
+    if history or not messages:
+        return history
+    return turns_from_json(saved)
+
+
 def conversation_markdown(history: list[Turn], articles_root: Path) -> str:
     """The conversation as Markdown: each question, then its short answer in bold (with the number of the quote
     holding it and its character offsets), then each quote with its article's title, date, file and

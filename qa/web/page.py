@@ -13,8 +13,8 @@ from ..retrieval import load_index
 from ..feeds import DEFAULT_FEEDS_EVERY_MINUTES, FeedFollower
 from ..watch import FolderWatcher
 from .conversation import (
-    CHOICE_SEPARATOR, CITE_LINK_PREFIX, QUOTE_MARK_ID, SHORT_MARK_CLASS, Turn, citation_html, citation_radio, export_button,
-    find_citation, last_citations, messages_of, new_conversation, respond, turn_citations, turns_from_json,
+    CHOICE_SEPARATOR, CITE_LINK_PREFIX, QUOTE_MARK_ID, SHORT_MARK_CLASS, Turn, citation_html, citation_radio, conversation_kept,
+    export_button, find_citation, last_citations, messages_of, new_conversation, respond, turn_citations, turns_from_json,
 )
 from .files import MAX_UPLOAD_BYTES, delete_file, save_uploads, status_markdown, update_index
 from .library import (
@@ -227,13 +227,16 @@ def build_app(articles_dir: str, store: str, watcher: FolderWatcher | None = Non
         scope_inputs = [scope_folder, scope_since, scope_until, scope_articles]
 
         def ask_question(text: str, history: list[Turn], messages: list[dict], folder: str = ALL_FOLDERS,
-                         since: str | None = None, until: str | None = None, chosen: list[str] | None = None):
+                         since: str | None = None, until: str | None = None, chosen: list[str] | None = None,
+                         saved: list[dict] | None = None):
             scope = (folder, since, until, chosen)
+            history = conversation_kept(history, messages, saved)
             yield from respond(text, history, messages, store, articles_root, watcher, scope)
 
         def ask_example(history: list[Turn], messages: list[dict], folder: str, since: str, until: str,
-                        chosen: list[str], event: gr.SelectData):
+                        chosen: list[str], saved: list[dict], event: gr.SelectData):
             scope = (folder, since, until, chosen)
+            history = conversation_kept(history, messages, saved)
             yield from respond(event.value.get("text", ""), history, messages, store, articles_root, watcher, scope)
 
         def show_citation(choice: str | None, history: list[Turn]) -> str:
@@ -330,13 +333,13 @@ def build_app(articles_dir: str, store: str, watcher: FolderWatcher | None = Non
                 *scope_choices(store, chosen or []),
             )
 
-        chat_inputs = [question, turns, chatbot, *scope_inputs]
+        chat_inputs = [question, turns, chatbot, *scope_inputs, remembered]
         chat_outputs = [question, turns, chatbot, citation_choice, article_view]
         for event in (ask.click, question.submit):
             event(ask_question, chat_inputs, chat_outputs).then(export, [turns], [download]).then(
                 remember, [turns], [remembered]
             )
-        chatbot.example_select(ask_example, [turns, chatbot, *scope_inputs], chat_outputs).then(
+        chatbot.example_select(ask_example, [turns, chatbot, *scope_inputs, remembered], chat_outputs).then(
             export, [turns], [download]
         ).then(remember, [turns], [remembered])
         chatbot.select(choose_turn, [turns], [citation_choice])
