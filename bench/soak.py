@@ -84,6 +84,9 @@ class Minute:
     p50_ms: float
     p95_ms: float
     rss_mb: float
+    server_rss_mb: float
+    worker_rss_mb: float
+    milvus_rss_mb: float
     open_files: int
     temporary_files: int
     index_mb: float
@@ -153,9 +156,16 @@ class Server:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
 
-    def rss_mb(self) -> float:
-        """Resident memory of the server and its descendants (Milvus Lite runs as one)."""
-        return sum(_rss_kb(pid) for pid in _process_tree(self.process.pid)) / 1024
+    def memory(self) -> dict[str, float]:
+        """Resident memory of the server process, of its build worker, of Milvus Lite (both run as its descendants),
+        and of all of them together."""
+        tree = _process_tree(self.process.pid)
+        worker = [pid for pid in tree if b"spawn_main" in _cmdline(pid)]
+        milvus = [pid for pid in tree[1:] if b"milvus" in _cmdline(pid)]
+        return {
+            "rss_mb": sum(map(_rss_kb, tree)) / 1024, "server_rss_mb": _rss_kb(self.process.pid) / 1024,
+            "worker_rss_mb": sum(map(_rss_kb, worker)) / 1024, "milvus_rss_mb": sum(map(_rss_kb, milvus)) / 1024,
+        }
 
     def open_files(self) -> int:
         try:
@@ -179,6 +189,13 @@ def _process_tree(pid: int) -> list[int]:
         found.append(current)
         pending.extend(children.get(current, []))
     return found
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def _rss_kb(pid: int) -> int:
@@ -323,11 +340,12 @@ def sample(server: Server, work: Path, store: str, asked: list[Asked], minute: i
     index_path = Path(store.removeprefix("milvus:"))
     index_files = [index_path] if index_path.is_file() else [p for p in index_path.rglob("*") if p.is_file()]
     temporary = sum(1 for folder in (work / "tmp", work / "gradio") for p in folder.rglob("*") if p.is_file())
+    rss = {key: round(value, 1) for key, value in server.memory().items()}
     return Minute(
         minute, sum(a.ok for a in window), sum(not a.ok for a in window) - len(after_kill), len(after_kill),
         float(np.percentile(latencies, 50)) if latencies else float("nan"),
         float(np.percentile(latencies, 95)) if latencies else float("nan"),
-        round(server.rss_mb(), 1), server.open_files(), temporary,
+        rss["rss_mb"], rss["server_rss_mb"], rss["worker_rss_mb"], rss["milvus_rss_mb"], server.open_files(), temporary,
         round(sum(p.stat().st_size for p in index_files if p.exists()) / 1e6, 1),
         sum(1 for p in index_path.glob("gen-*")) if index_path.is_dir() else 0,
     )
@@ -338,13 +356,13 @@ def _after_kill(asked: Asked, kills: list[float]) -> bool:
     return any(0 <= asked.started - k <= KILL_GRACE_SECONDS or asked.started <= k <= asked.ended for k in kills)
 
 
-def growth_within_lives(minutes: list[Minute], kills_at: list[float]) -> float:
-    """The largest growth of server RSS within one server's life (between kills), from the end of its warm-up to its
-    last minute: what a server that is never killed would keep adding."""
+def growth_within_lives(minutes: list[Minute], kills_at: list[float], key: str = "rss_mb") -> float:
+    """The largest growth of RSS (`key`: all processes, or one of them) within one server's life (between kills),
+    from the end of its warm-up to its last minute: what a server that is never killed would keep adding."""
     bounds = [0.0, *kills_at, float("inf")]
     growths = []
     for start, end in zip(bounds, bounds[1:]):
-        rss = [m.rss_mb for m in minutes if start + WARM_UP_MINUTES < m.minute - 1 and m.minute <= end]
+        rss = [getattr(m, key) for m in minutes if start + WARM_UP_MINUTES < m.minute - 1 and m.minute <= end]
         if len(rss) > 1:
             growths.append(rss[-1] / rss[0] - 1)
     return max(growths, default=float("nan"))
@@ -381,7 +399,7 @@ def plot(minutes: list[Minute], target: Path, title: str) -> None:
 
     figure, axes = plt.subplots(2, 3, figsize=(13, 6.5), sharex=True)
     series = [("answers / minute", "answers"), ("errors (restart errors dotted)", "errors"), ("p50 / p95 ms (log scale)", "p50_ms"),
-              ("server RSS, MB", "rss_mb"), ("open files, temporary files", "open_files"), ("index MB, generations", "index_mb")]
+              ("RSS, MB: all; server, worker, Milvus dotted", "rss_mb"), ("open files, temporary files", "open_files"), ("index MB, generations", "index_mb")]
     x = [m.minute for m in minutes]
     for axis, (name, key) in zip(axes.flat, series):
         axis.plot(x, [getattr(m, key) for m in minutes], marker=".")
@@ -389,6 +407,8 @@ def plot(minutes: list[Minute], target: Path, title: str) -> None:
     axes[0][1].plot(x, [m.restart_errors for m in minutes], linestyle=":")
     axes[0][2].plot(x, [m.p95_ms for m in minutes], marker=".")
     axes[0][2].set_yscale("log")  # questions that waited for the first build would flatten the rest
+    for key in ("server_rss_mb", "worker_rss_mb", "milvus_rss_mb"):
+        axes[1][0].plot(x, [getattr(m, key) for m in minutes], linestyle=":")
     axes[1][1].plot(x, [m.temporary_files for m in minutes], marker=".")
     axes[1][2].plot(x, [m.generations for m in minutes], marker=".")
     for axis in axes[1]:
@@ -477,17 +497,18 @@ def main() -> int:
     folder, indexed = settle(articles, store, server)
     checked, bad = verify(asked, articles, versions)
     errors = sum(m.errors for m in minutes)
-    steady = [m.rss_mb for m in minutes if m.minute > 10]
-    growth = (max(steady) / steady[0] - 1) if len(steady) > 1 else float("nan")
-    life_growth = growth_within_lives(minutes, [(k - begun) / 60 for k in server.kills])
+    kills_at = [(k - begun) / 60 for k in server.kills]
+    life_growth = growth_within_lives(minutes, kills_at)
+    server_growth = growth_within_lives(minutes, kills_at, "server_rss_mb")
     summary = {
         "store": args.store, "minutes": args.minutes, "users": args.users, "kills": len(server.kills),
         "answers": sum(a.ok for a in asked), "errors": errors, "restart_errors": sum(m.restart_errors for m in minutes),
         "churn_failed": churn_failures[0] if churn_failures else None,
         "citations_checked": checked, "citations_bad": len(bad), "index_equals_folder": folder == indexed,
         "missing_from_index": sorted(folder - indexed)[:10], "not_in_folder": sorted(indexed - folder)[:10],
-        "rss_growth_after_10_min": None if growth != growth else round(growth, 3),
         "rss_growth_within_a_life": None if life_growth != life_growth else round(life_growth, 3),
+        "server_rss_growth_within_a_life": None if server_growth != server_growth else round(server_growth, 3),
+        "largest_worker_rss_mb": max((m.worker_rss_mb for m in minutes), default=0.0),
         "error_samples": sorted({a.error for a in asked if not a.ok and not _after_kill(a, server.kills)})[:10],
         "minutes_log": [asdict(m) for m in minutes],
     }
@@ -500,7 +521,8 @@ def main() -> int:
     except ImportError:
         print("  (no plot: matplotlib is not installed; `pip install -e '.[bench]'`)")
     for key in ("answers", "errors", "churn_failed", "restart_errors", "kills", "citations_checked", "citations_bad",
-                "index_equals_folder", "rss_growth_after_10_min", "rss_growth_within_a_life"):
+                "index_equals_folder", "rss_growth_within_a_life",
+                "server_rss_growth_within_a_life", "largest_worker_rss_mb"):
         print(f"{key:26s} {summary[key]}")
     for line in summary["error_samples"]:
         print(f"  error: {line}")

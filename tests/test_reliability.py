@@ -9,6 +9,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -71,12 +74,14 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_the_server_survives_every_bad_question(seeds_index):
+@contextmanager
+def _chat_client(index: str) -> Iterator:
+    """A gradio_client session on a running `qa serve` of the seeds, and the server's address."""
     from gradio_client import Client
 
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "qa.cli", "serve", "--index", seeds_index, "--articles", str(SEEDS), "--port", str(port)],
+        [sys.executable, "-m", "qa.cli", "serve", "--index", index, "--articles", str(SEEDS), "--port", str(port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV,
     )
     try:
@@ -89,6 +94,15 @@ def test_the_server_survives_every_bad_question(seeds_index):
                 assert server.poll() is None, "qa serve exited"
                 time.sleep(0.25)
         assert client is not None
+        yield client
+        assert server.poll() is None
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_the_server_survives_every_bad_question(seeds_index):
+    with _chat_client(seeds_index) as client:
         _, messages, *_ = client.predict("   \t\n", [], api_name="/ask_question")
         assert messages == []  # a blank question only brings a warning
         for question in [*HOSTILE_QUESTIONS, *REJECTED_QUESTIONS[2:]]:
@@ -97,10 +111,22 @@ def test_the_server_survives_every_bad_question(seeds_index):
             assert "do not say" in reply or "\\[1\\]" in reply or "cannot be asked" in reply, reply
         _, messages, *_ = client.predict("Who is South Korea's foreign minister?", [], api_name="/ask_question")
         assert "Cho Tae" in messages[-1]["content"][0]["text"]
-        assert server.poll() is None
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+
+
+def test_a_follow_up_in_a_session_the_server_let_go_is_read_against_the_conversation_kept_in_the_browser(seeds_index):
+    from gradio_client import Client
+
+    from qa.web.conversation import ask
+
+    question = "Where did the leaders of Japan, the United States and South Korea meet in November 2024?"
+    kept = [asdict(ask(question, [], seeds_index))]  # what the page keeps in the browser after the first answer
+    with _chat_client(seeds_index) as client:
+        _, messages, *_ = client.predict(question, [], api_name="/ask_question")
+        fresh = Client(client.src, verbose=False)  # a session of which the server holds nothing
+        _, messages, *_ = fresh.predict("Who attended it?", messages, api_name="/ask_question", saved=kept)
+        assert len(messages) == 4 and "Lima" in messages[1]["content"][0]["text"]
+        follow_up = messages[-1]["content"][0]["text"]
+        assert "Shigeru Ishiba" in follow_up or "Joe Biden" in follow_up, follow_up
 
 
 def test_awkward_article_files_are_skipped_or_indexed_and_the_build_finishes(tmp_path):

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from qa.web.page import CONVERSATION_STORAGE_KEY
+
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = ROOT / "seeds"
 SCREENSHOT = ROOT / "docs" / "screenshot.png"
@@ -39,6 +41,8 @@ UNANSWERABLE = "Who won the 2022 FIFA World Cup?"
 ABSTENTION = "The articles do not say"
 EXAMPLE_START = "What do the articles say about"
 PENDING_TEXTS = ["Searching the articles", "Loading content"]
+KEPT_JS = "(key) => (localStorage.getItem(key) || '').length > 100"
+"""Whether the browser has kept the conversation (it is written after the answer is shown)."""
 
 FESTIVAL_NAME = "harbour festival notes.txt"
 FESTIVAL_SAVED = "harbour_festival_notes.txt"
@@ -371,7 +375,11 @@ def test_a_follow_up_after_the_server_restarted_is_read_against_the_conversation
     shutil.copytree(SEEDS, tmp_path / "articles")
     with _serving(tmp_path) as served, _browser_tab(browser, served) as tab:
         assert "Lima" in _ask(tab, LIMA_QUESTION)
-        served["restart"]()  # the server forgets its sessions; the page still shows the conversation
+        tab.wait_for_function(KEPT_JS, arg=CONVERSATION_STORAGE_KEY, timeout=ANSWER_MS)
+        served["restart"]()  # a new process: the sessions it held are gone, the browser keeps its copy
+        tab.reload(wait_until="domcontentloaded")
+        tab.wait_for_function("() => document.querySelectorAll('#qa-chat .message.bot').length === 1", timeout=ANSWER_MS)
+        assert "Lima" in tab.locator("#qa-chat .message.bot").last.inner_text(), "the conversation is shown again"
         follow_up = _ask(tab, "Who attended it?")
         assert "Shigeru Ishiba" in follow_up or "Joe Biden" in follow_up, follow_up
         assert tab.locator("#qa-chat .message.bot").count() == 2

@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import logging
 import os
+import secrets
 import shutil
 import tempfile
 import time
@@ -19,6 +20,7 @@ import gradio as gr
 from .. import Answer, Citation, answer
 from ..answers import quoted
 from ..articles import article_text
+from ..embeddings import cache_dir
 from ..spans import ShortAnswer
 from ..watch import FolderWatcher
 from .library import where_of
@@ -34,6 +36,7 @@ QUOTE_MARK_ID = "qa-quote"
 SHORT_MARK_CLASS = "qa-short"
 CITE_LINK_PREFIX = "#qa-cite-"
 CHOICE_SEPARATOR = ":"
+BROWSER_SECRET_FILE = "browser-secret"
 BUILD_WAIT_SECONDS = 600.0
 """A question asked while the first index is being built waits this long for it, showing the build's progress."""
 BUILD_POLL_SECONDS = 1.0
@@ -206,12 +209,33 @@ def turns_from_json(saved: object) -> list[Turn]:
         return []
 
 
-def conversation_kept(history: list[Turn], messages: list[dict], saved: object) -> list[Turn]:
-    """The conversation the reader sees: the server's, or the copy kept in the browser when the server no longer
-    has it (restarted, or the session let go) while the page still shows it, so a follow-up is read against it."""
-    if history or not messages:
-        return history
-    return turns_from_json(saved)
+def browser_secret() -> str:
+    """The key the conversation kept in the browser is encrypted with. It is made once and kept in qa's cache folder
+    (readable by its owner only), so a restarted server can still read what a reader's browser kept."""
+    path = cache_dir() / BROWSER_SECRET_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        with os.fdopen(os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as made:
+            made.write(secrets.token_urlsafe(32))
+        try:
+            os.link(staging, path)  # whole or not at all, and the first of two servers starting at once wins
+        except FileExistsError:
+            pass
+        finally:
+            staging.unlink()
+    return path.read_text(encoding="utf-8").strip()
+
+
+def conversation_kept(history: list[Turn], messages: list[dict], saved: object, articles_root: Path
+                      ) -> tuple[list[Turn], list[dict]]:
+    """The conversation and the chat's messages: the server's, or, when the server no longer has the conversation
+    (it restarted, or let the session go), the copy kept in the browser, shown again, so that a follow-up is read
+    against it."""
+    if history:
+        return history, messages
+    kept = turns_from_json(saved)
+    return (kept, messages_of(kept, articles_root)) if kept else (history, messages)
 
 
 def conversation_markdown(history: list[Turn], articles_root: Path) -> str:

@@ -13,7 +13,8 @@ from ..retrieval import load_index
 from ..feeds import DEFAULT_FEEDS_EVERY_MINUTES, FeedFollower
 from ..watch import FolderWatcher
 from .conversation import (
-    CHOICE_SEPARATOR, CITE_LINK_PREFIX, QUOTE_MARK_ID, SHORT_MARK_CLASS, Turn, citation_html, citation_radio, conversation_kept,
+    CHOICE_SEPARATOR, CITE_LINK_PREFIX, QUOTE_MARK_ID, SHORT_MARK_CLASS, Turn, browser_secret, citation_html, citation_radio,
+    conversation_kept,
     export_button, find_citation, last_citations, messages_of, new_conversation, respond, turn_citations, turns_from_json,
 )
 from .files import MAX_UPLOAD_BYTES, delete_file, save_uploads, status_markdown, update_index
@@ -93,7 +94,7 @@ def build_app(articles_dir: str, store: str, watcher: FolderWatcher | None = Non
     worker = watcher.worker if watcher else None
     with gr.Blocks(title=TITLE, delete_cache=GRADIO_CACHE_CLEANUP) as app:
         turns = gr.State([], time_to_live=CONVERSATION_TTL_SECONDS)
-        remembered = gr.BrowserState([], storage_key=CONVERSATION_STORAGE_KEY)
+        remembered = gr.BrowserState([], storage_key=CONVERSATION_STORAGE_KEY, secret=browser_secret())
         page_number = gr.State(0)
         page_paths = gr.State([])
         selected_path = gr.State(None)
@@ -230,13 +231,13 @@ def build_app(articles_dir: str, store: str, watcher: FolderWatcher | None = Non
                          since: str | None = None, until: str | None = None, chosen: list[str] | None = None,
                          saved: list[dict] | None = None):
             scope = (folder, since, until, chosen)
-            history = conversation_kept(history, messages, saved)
+            history, messages = conversation_kept(history, messages, saved, articles_root)
             yield from respond(text, history, messages, store, articles_root, watcher, scope)
 
         def ask_example(history: list[Turn], messages: list[dict], folder: str, since: str, until: str,
                         chosen: list[str], saved: list[dict], event: gr.SelectData):
             scope = (folder, since, until, chosen)
-            history = conversation_kept(history, messages, saved)
+            history, messages = conversation_kept(history, messages, saved, articles_root)
             yield from respond(event.value.get("text", ""), history, messages, store, articles_root, watcher, scope)
 
         def show_citation(choice: str | None, history: list[Turn]) -> str:
