@@ -261,9 +261,10 @@ def user(server: Server, titles: list[str], stop_at: float, asked: list[Asked], 
 
 def _await_stream_end(client) -> None:
     """Wait (at most STREAM_END_SECONDS) until the client has read the end of its session's event stream. The
-    server ends that stream right after the session's last event completes; a prediction submitted before the
-    client has read the end is registered on the closing stream, and gradio_client raises CancelledError for it
-    although the server answered. A reader takes longer than this to type a follow-up."""
+    server ends that stream right after the session's last event completes; by gradio_client's code, a prediction
+    submitted before the client has read the end is registered on the closing stream and raised as CancelledError.
+    A reader takes longer than this to type a follow-up. (Runs with this wait still saw a rare CancelledError, so
+    that race is not its only cause.)"""
     deadline = time.monotonic() + STREAM_END_SECONDS
     while getattr(client, "stream_open", False) and time.monotonic() < deadline:
         time.sleep(0.01)

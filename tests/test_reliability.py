@@ -76,7 +76,7 @@ def free_port() -> int:
 
 @contextmanager
 def _chat_client(index: str) -> Iterator:
-    """A gradio_client session on a running `qa serve` of the seeds, and the server's address."""
+    """A gradio_client session on a running `qa serve` of the seeds; the server is checked to be alive at the end."""
     from gradio_client import Client
 
     port = free_port()

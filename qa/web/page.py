@@ -14,8 +14,7 @@ from ..feeds import DEFAULT_FEEDS_EVERY_MINUTES, FeedFollower
 from ..watch import FolderWatcher
 from .conversation import (
     CHOICE_SEPARATOR, CITE_LINK_PREFIX, QUOTE_MARK_ID, SHORT_MARK_CLASS, Turn, browser_secret, citation_html, citation_radio,
-    conversation_kept,
-    export_button, find_citation, last_citations, messages_of, new_conversation, respond, turn_citations, turns_from_json,
+    conversation_kept, export_button, find_citation, last_citations, new_conversation, respond, turn_citations,
 )
 from .files import MAX_UPLOAD_BYTES, delete_file, save_uploads, status_markdown, update_index
 from .library import (
@@ -256,8 +255,8 @@ def build_app(articles_dir: str, store: str, watcher: FolderWatcher | None = Non
             return turn_citations(history, event, articles_root)
 
         def restore(saved: list[dict]):
-            history = turns_from_json(saved)
-            return history, messages_of(history, articles_root), last_citations(history, articles_root), hint_html()
+            history, messages = conversation_kept([], [], saved, articles_root)
+            return history, messages, last_citations(history, articles_root), hint_html()
 
         def remember(history: list[Turn]) -> list[dict]:
             return [asdict(turn) for turn in history]
