@@ -240,31 +240,37 @@ def user(server: Server, titles: list[str], stop_at: float, asked: list[Asked], 
             continue
         messages: list = []
         try:
-            client.predict(api_name="/new_conversation")  # as a reader presses "New conversation"
+            _predict(client, api_name="/new_conversation")  # as a reader presses "New conversation"
         except Exception:  # the server is down (killed): a new session once it is back
             client = None
             continue
-        for question in (f"What happened in the story “{chooser.choice(titles)}”?", FOLLOW_UP):
+        for turn, question in enumerate((f"What happened in the story “{chooser.choice(titles)}”?", FOLLOW_UP)):
             started = time.monotonic()
             try:
-                _, messages, *_ = client.predict(question, messages, api_name="/ask_question")
+                _, messages, *_ = _predict(client, question, messages, api_name="/ask_question")
                 reply = messages[-1]["content"][0]["text"] if messages else ""
                 if not messages or reply.startswith("No answer"):
                     raise RuntimeError(reply[:120] or "no reply")
                 asked.append(Asked(started, time.monotonic(), True, citations=citations_of(reply)))
-                _await_stream_end(client)
             except Exception as error:  # every failure is counted, and the session started again
-                asked.append(Asked(started, time.monotonic(), False, f"{type(error).__name__}: {error}"[:200]))
+                what = f"{('question', 'follow-up')[turn]}: {type(error).__name__}: {error}"
+                asked.append(Asked(started, time.monotonic(), False, what[:200]))
                 client = None
                 break
+
+
+def _predict(client, *data, api_name: str):
+    """`client.predict`, then wait for the end of its event stream (see `_await_stream_end`)."""
+    result = client.predict(*data, api_name=api_name)
+    _await_stream_end(client)
+    return result
 
 
 def _await_stream_end(client) -> None:
     """Wait (at most STREAM_END_SECONDS) until the client has read the end of its session's event stream. The
     server ends that stream right after the session's last event completes; by gradio_client's code, a prediction
     submitted before the client has read the end is registered on the closing stream and raised as CancelledError.
-    A reader takes longer than this to type a follow-up. (Runs with this wait still saw a rare CancelledError, so
-    that race is not its only cause.)"""
+    A reader takes longer than this to type a follow-up, or to ask after pressing "New conversation"."""
     deadline = time.monotonic() + STREAM_END_SECONDS
     while getattr(client, "stream_open", False) and time.monotonic() < deadline:
         time.sleep(0.01)
