@@ -162,6 +162,14 @@ def squad_articles() -> dict[str, list[tuple[str, list[dict]]]]:
     return {title: list(paragraphs.items()) for title, paragraphs in articles.items()}
 
 
+def shuffled_titles(articles: dict) -> list[str]:
+    """Every article's title in the seeded order the training scripts choose from: the reranker mines the first
+    ARTICLES, and the next HELD_OUT are kept out of every training run and scored."""
+    titles = sorted(articles)
+    random.Random(SEED).shuffle(titles)
+    return titles
+
+
 def readable_title(title: str) -> str:
     return urllib.parse.unquote(title).replace("_", " ")
 
@@ -715,8 +723,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.work.mkdir(parents=True, exist_ok=True)
     articles = squad_articles()
-    titles = sorted(articles)
-    random.Random(SEED).shuffle(titles)
+    titles = shuffled_titles(articles)
     chosen = titles[: ARTICLES + HELD_OUT]
     held_out_titles = set(chosen[ARTICLES:])
     mined = mine(args.work, articles, chosen, held_out_titles)

@@ -260,7 +260,10 @@ def _cite(index: LoadedIndex, chosen: list[RankedSentence]) -> tuple[list[Citati
         current = files[sentence.article]
         moved = _placed(current.text, sentence) if current is not None else None
         if moved is None:
-            _warn_once(index, current.path if current else index.reader.article(sentence.article).path)
+            if current is None:
+                _warn_once(index, index.reader.article(sentence.article).path, "is gone or cannot be read")
+            else:
+                _warn_once(index, current.path, "no longer holds a sentence it was indexed with")
             continue
         placed.append(moved)
     groups: list[list[RankedSentence]] = []
@@ -294,12 +297,13 @@ def _cite(index: LoadedIndex, chosen: list[RankedSentence]) -> tuple[list[Citati
 _warned: WeakKeyDictionary[LoadedIndex, set[str]] = WeakKeyDictionary()
 
 
-def _warn_once(index: LoadedIndex, path: str) -> None:
+def _warn_once(index: LoadedIndex, path: str, what: str) -> None:
     """Say once per index that a file no longer holds what was indexed from it (every answer citing it would else)."""
     warned = _warned.setdefault(index, set())
     if path not in warned:
         warned.add(path)
-        logger.warning("%s no longer holds a sentence it was indexed with; run `qa index` to update the index", path)
+        logger.warning("%s %s since it was indexed; those sentences are not quoted until the index is updated "
+                       "(`qa serve` does so on its own; else run `qa index`)", path, what)
 
 
 @dataclass(frozen=True)

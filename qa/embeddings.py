@@ -94,8 +94,10 @@ class Embedder:
         with self._lock:
             if self._model is None:
                 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+                import transformers
                 from sentence_transformers import SentenceTransformer
 
+                transformers.utils.logging.disable_progress_bar()  # its "Loading weights" bar, in every build's log
                 logger.info("loading embedding model %s", self.model_name)
                 try:
                     self._model = SentenceTransformer(resolve_model(self.model_name), device=self.device)
