@@ -36,7 +36,7 @@ import numpy as np
 from tqdm import tqdm
 
 from qa.articles import parse_article
-from qa.chunks import chunk_article
+from qa.chunks import chunk_article, sentence_text
 from qa.followup import resolve_question
 from train_reranker import (
     ARTICLES, HELD_OUT, SEED, base_model_path, earlier_turns, readable_title, shaped, shuffled_titles, squad_articles,
@@ -55,6 +55,8 @@ WARMUP_STEPS = 100
 EVAL_EVERY = 250
 EVAL_QUESTIONS = 800
 MAX_TOKENS = 256
+EVAL_BATCH = 64
+"""Texts a batch when scoring the held-out questions (chunks: a quarter of it)."""
 
 logger = logging.getLogger("train_encoder")
 
@@ -63,7 +65,6 @@ logger = logging.getLogger("train_encoder")
 class Passage:
     """One article as qa chunks it: its sentences' texts, and each chunk's text with the sentences it holds."""
 
-    title: str
     sentences: list[str]
     chunks: list[str]
     spans: list[tuple[tuple[int, int], ...]]
@@ -93,7 +94,7 @@ def passages_and_examples(articles: dict, titles: list[str], count_tokens) -> tu
             text += context + "\n\n"
         article = parse_article(text, f"{number}.txt", hashlib.sha256(text.encode()).hexdigest())
         sentences, chunks = chunk_article(article, count_tokens)
-        passages.append(Passage(readable_title(title), [" ".join(text[s.start: s.end].split()) for s in sentences],
+        passages.append(Passage([sentence_text(article, s) for s in sentences],
                                 [c.text for c in chunks], [c.sentence_spans for c in chunks], [c.first for c in chunks]))
         for paragraph, ((context, rows), offset) in enumerate(zip(articles[title], places)):
             for turn, row in enumerate(rows):
@@ -177,15 +178,13 @@ class Encoder:
     def texts(self, texts: list[str]):
         """Unit vectors of texts on their own (questions, sentences), mean-pooled."""
         tokens, mask, _ = self._tokens(texts)
-        weights = mask.unsqueeze(-1).to(tokens.dtype)
-        return self.torch.nn.functional.normalize((tokens * weights).sum(1) / weights.sum(1).clamp(min=1e-9), dim=-1)
+        return self.torch.nn.functional.normalize(_mean_pooled(tokens, mask), dim=-1)
 
     def chunks(self, texts: list[str], spans: list[tuple[tuple[int, int], ...]]):
         """Unit vectors of chunks, and of every sentence of them pooled from the chunk's tokens, in chunk order."""
         torch = self.torch
         tokens, mask, offsets = self._tokens(texts)
-        weights = mask.unsqueeze(-1).to(tokens.dtype)
-        chunk_vectors = (tokens * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+        chunk_vectors = _mean_pooled(tokens, mask)
         batch, width, _ = tokens.shape
         pooling = np.zeros((sum(len(s) for s in spans), batch * width), np.float32)
         row = 0
@@ -201,6 +200,12 @@ class Encoder:
         sentence_vectors = torch.from_numpy(pooling) @ tokens.reshape(batch * width, -1)
         unit = torch.nn.functional.normalize
         return unit(chunk_vectors, dim=-1), unit(sentence_vectors, dim=-1)
+
+
+def _mean_pooled(tokens, mask):
+    """Each text's token vectors averaged over its real tokens."""
+    weights = mask.unsqueeze(-1).to(tokens.dtype)
+    return (tokens * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
 
 
 def step_loss(encoder: Encoder, passages: list[Passage], step: list[Example], rng: random.Random):
@@ -256,19 +261,20 @@ def held_out_scores(encoder: Encoder, passages: list[Passage], examples: list[Ex
     with torch.no_grad():
         for article in articles:
             passage = passages[article]
-            for first in range(0, len(passage.chunks), 16):
-                vectors, sentence_vectors = encoder.chunks(passage.chunks[first: first + 16], passage.spans[first: first + 16])
+            for first in range(0, len(passage.chunks), EVAL_BATCH // 4):
+                last = first + EVAL_BATCH // 4
+                vectors, sentence_vectors = encoder.chunks(passage.chunks[first:last], passage.spans[first:last])
                 chunk_rows.extend((article, c) for c in range(first, first + len(vectors)))
                 chunk_vectors.append(vectors.numpy())
                 held = [(article, passage.firsts[c] + k) for c in range(first, first + len(vectors))
                         for k in range(len(passage.spans[c]))]
                 for key, vector in zip(held, sentence_vectors.numpy()):
                     in_chunk.setdefault(key, []).append(vector)
-            for first in range(0, len(passage.sentences), 64):
-                alone.append(encoder.texts(passage.sentences[first: first + 64]).numpy())
+            for first in range(0, len(passage.sentences), EVAL_BATCH):
+                alone.append(encoder.texts(passage.sentences[first: first + EVAL_BATCH]).numpy())
             keys.extend((article, k) for k in range(len(passage.sentences)))
-        questions = np.concatenate([encoder.texts([e.question for e in examples[i: i + 64]]).numpy()
-                                    for i in range(0, len(examples), 64)])
+        questions = np.concatenate([encoder.texts([e.question for e in examples[i: i + EVAL_BATCH]]).numpy()
+                                    for i in range(0, len(examples), EVAL_BATCH)])
     all_chunks, alone_vectors = np.concatenate(chunk_vectors), np.concatenate(alone)
     chunk_scores = questions @ all_chunks.T
     alone_scores = questions @ alone_vectors.T

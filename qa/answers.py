@@ -302,7 +302,7 @@ def _warn_once(index: LoadedIndex, path: str, what: str) -> None:
     warned = _warned.setdefault(index, set())
     if path not in warned:
         warned.add(path)
-        logger.warning("%s %s since it was indexed; those sentences are not quoted until the index is updated "
+        logger.warning("%s %s; what it no longer holds is not quoted until the index is updated "
                        "(`qa serve` does so on its own; else run `qa index`)", path, what)
 
 
