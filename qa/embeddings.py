@@ -20,7 +20,8 @@ import os
 import shutil
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -100,11 +101,8 @@ def _merged_model(name: str) -> Path:
     if (folder / MERGED_FILE).exists():
         return folder
     base = Path(resolve_model(PACKAGED_MODEL))
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = folder.parent / f"{folder.name}.{os.getpid()}.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        shutil.copytree(base, staging, ignore=shutil.ignore_patterns(WEIGHTS_FILE, ".git*"))
+    with _staged(folder) as staging:
+        shutil.copytree(base, staging, ignore=shutil.ignore_patterns(WEIGHTS_FILE, ".git*"), dirs_exist_ok=True)
         weights = load_file(str(base / WEIGHTS_FILE))
         for key, value in load_file(str(changed_file)).items():
             if key not in weights or weights[key].shape != value.shape:
@@ -112,13 +110,6 @@ def _merged_model(name: str) -> Path:
             weights[key] = value.astype(weights[key].dtype)
         save_file(weights, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
         (staging / MERGED_FILE).write_text(json.dumps({"base": PACKAGED_MODEL, "changed_weights": digest}))
-        try:
-            staging.rename(folder)
-        except OSError:  # another process made the same folder first
-            shutil.rmtree(staging, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     logger.info("made %s from %s and its fine-tuned weights, in %s", name, PACKAGED_MODEL, folder)
     return folder
 
@@ -320,58 +311,67 @@ def _onnx_export(model, model_name: str) -> Path:
     import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = folder.parent / f"{folder.name}.{os.getpid()}.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
     transformer = model[0].auto_model.eval()
     attention = getattr(transformer.config, "_attn_implementation", None)
     try:
-        if hasattr(transformer, "set_attn_implementation"):
-            transformer.set_attn_implementation("eager")
-        names = ["input_ids", "attention_mask", "token_type_ids"]
-        example = model.tokenizer(["an example", "a longer example, so that the batch is padded"], padding=True, return_tensors="pt")
-        names = [name for name in names if name in example]
+        with _staged(folder) as staging:
+            if hasattr(transformer, "set_attn_implementation"):
+                transformer.set_attn_implementation("eager")
+            names = ["input_ids", "attention_mask", "token_type_ids"]
+            example = model.tokenizer(["an example", "a longer example, so that the batch is padded"], padding=True, return_tensors="pt")
+            names = [name for name in names if name in example]
 
-        class TokenEmbeddings(torch.nn.Module):
-            def __init__(self, inner):
-                super().__init__()
-                self.inner = inner
+            class TokenEmbeddings(torch.nn.Module):
+                def __init__(self, inner):
+                    super().__init__()
+                    self.inner = inner
 
-            def forward(self, *inputs):
-                return self.inner(**dict(zip(names, inputs))).last_hidden_state
+                def forward(self, *inputs):
+                    return self.inner(**dict(zip(names, inputs))).last_hidden_state
 
-        axes = {name: {0: "batch", 1: "tokens"} for name in [*names, "token_embeddings"]}
-        quiet = logging.root.manager.disable
-        logging.disable(logging.WARNING)  # the quantiser logs every node it skips, and advice, on the root logger
-        try:
-            with torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # tracer warnings about shapes the export keeps dynamic
-                torch.onnx.export(
-                    TokenEmbeddings(transformer), tuple(example[name] for name in names), str(staging / FLOAT_FILE),
-                    input_names=names, output_names=["token_embeddings"], dynamic_axes=axes, opset_version=17, dynamo=False,
+            axes = {name: {0: "batch", 1: "tokens"} for name in [*names, "token_embeddings"]}
+            quiet = logging.root.manager.disable
+            logging.disable(logging.WARNING)  # the quantiser logs every node it skips, and advice, on the root logger
+            try:
+                with torch.no_grad(), warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # tracer warnings about shapes the export keeps dynamic
+                    torch.onnx.export(
+                        TokenEmbeddings(transformer), tuple(example[name] for name in names), str(staging / FLOAT_FILE),
+                        input_names=names, output_names=["token_embeddings"], dynamic_axes=axes, opset_version=17, dynamo=False,
+                    )
+                # Per-channel int8 weights on the MatMuls only: per-tensor weights, or quantising the embedding
+                # table too, moved the vectors much further from PyTorch's (mean cosine 0.954 instead of 0.994).
+                quantize_dynamic(
+                    str(staging / FLOAT_FILE), str(staging / INT8_FILE),
+                    weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"],
                 )
-            # Per-channel int8 weights on the MatMuls only: per-tensor weights, or quantising the embedding
-            # table too, moved the vectors much further from PyTorch's (mean cosine 0.954 instead of 0.994).
-            quantize_dynamic(
-                str(staging / FLOAT_FILE), str(staging / INT8_FILE),
-                weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"],
-            )
-        finally:
-            logging.disable(quiet)
-        model.tokenizer.backend_tokenizer.save(str(staging / TOKENIZER_FILE))
-        (staging / SETTINGS_FILE).write_text(json.dumps({"inputs": names, "max_tokens": int(model.max_seq_length)}))
-        try:
-            staging.rename(folder)
-        except OSError:  # another process finished the same export first
-            shutil.rmtree(staging, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+            finally:
+                logging.disable(quiet)
+            model.tokenizer.backend_tokenizer.save(str(staging / TOKENIZER_FILE))
+            (staging / SETTINGS_FILE).write_text(json.dumps({"inputs": names, "max_tokens": int(model.max_seq_length)}))
     finally:
         if attention and hasattr(transformer, "set_attn_implementation"):
             transformer.set_attn_implementation(attention)
     return folder
+
+
+@contextmanager
+def _staged(folder: Path) -> Iterator[Path]:
+    """An empty folder beside `folder` to write into, renamed to `folder` when the block ends (dropped if another
+    process made `folder` first) and removed if it fails: a cached folder is never seen half written."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = folder.parent / f"{folder.name}.{os.getpid()}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    try:
+        staging.rename(folder)
+    except OSError:  # another process finished the same folder first
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 class QueryEncoder:

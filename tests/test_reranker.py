@@ -22,9 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 SQUAD = SHARED / "eval" / "squad"
 DEV = SHARED / "eval" / "dev.jsonl"
-PARAPHRASED = "Who other than Tesla did Westinghouse consider for the patents?"
-"""A SQuAD dev question worded unlike its answer ("Westinghouse looked into getting a patent on a similar ... motor
-presented in a paper ... by the Italian physicist Galileo Ferraris"); the linear ranker alone does not quote it."""
+PARAPHRASED = "Since Denver chose white, what colors did Carolina wear in Super Bowl 50?"
+"""A SQuAD dev question worded unlike its answer ("The Broncos' decision to wear white meant the Panthers would wear
+their standard home uniform: black jerseys with silver pants."); the linear ranker alone does not quote it."""
 
 
 @pytest.fixture(scope="module")

@@ -460,7 +460,7 @@ def _click_citation_number(page, containing: str) -> str:
     reply = page.locator("#qa-chat .message.bot").last
     blocks = [block for block in reply.inner_text().split("[") if "]" in block]
     number = next(block.split("]")[0] for block in blocks if containing.lower() in block.lower())
-    reply.locator(f'a[href$="-{number}"]').click()
+    reply.locator(f'a[href$="-{number}"]').last.click()  # the quote's own number (a short answer links to it too)
     page.wait_for_function(
         "(text) => { const mark = document.querySelector('#qa-article mark');"
         " return mark && mark.innerText.toLowerCase().includes(text); }",
