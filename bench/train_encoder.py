@@ -40,11 +40,12 @@ from tqdm import tqdm
 
 from qa.articles import parse_article
 from qa.chunks import chunk_article, sentence_text
-from qa.config import DEFAULT_MODEL
+from qa.config import DEFAULT_MODEL, PACKAGED_MODEL
 from qa.embeddings import CHANGED_WEIGHTS_FILE, SHIPPED_MODELS, WEIGHTS_FILE
 from qa.followup import resolve_question
 from train_reranker import (
-    ARTICLES, HELD_OUT, SEED, base_model_path, earlier_turns, readable_title, shaped, shuffled_titles, squad_articles,
+    ARTICLES, HELD_OUT, SEED, TRAINING_DATA, base_model_path, earlier_turns, readable_title, shaped, shuffled_titles,
+    squad_articles,
 )
 
 WORK = Path.home() / ".cache" / "qa-bench" / "encoder"
@@ -305,7 +306,7 @@ def held_out_scores(encoder: Encoder, passages: list[Passage], examples: list[Ex
 def write_results(log: list[dict], training: list[Example], steps: int) -> None:
     """The run's settings and its held-out scores at every evaluation, in bench/results/encoder.json."""
     RESULTS.write_text(json.dumps({
-        "data": "SQuAD v1.1 train (CC BY-SA 4.0)", "training_questions": len(training), "schedule_steps": steps,
+        "data": TRAINING_DATA, "training_questions": len(training), "schedule_steps": steps,
         "steps_run": log[-1]["step"] if log else 0, "questions_per_step": ARTICLES_PER_STEP * QUESTIONS_PER_ARTICLE,
         "learning_rate": LEARNING_RATE, "scale": SCALE, "held_out_log": log,
     }, indent=1), encoding="utf-8")
@@ -320,7 +321,7 @@ def save_model(encoder: Encoder, folder: Path) -> None:
     model.save(str(folder))
 
 
-def ship_changed_weights(folder: Path, log: list[dict]) -> Path:
+def ship_changed_weights(folder: Path, log: list[dict]) -> None:
     """The weights of the trained model in `folder` that differ from the packaged model's, in float16, into
     qa/models/DEFAULT_MODEL (with TRAINING_FILE, what they were trained on and their held-out scores)."""
     from safetensors.numpy import load_file, save_file
@@ -333,11 +334,10 @@ def ship_changed_weights(folder: Path, log: list[dict]) -> Path:
     target.mkdir(parents=True, exist_ok=True)
     save_file(changed, str(target / CHANGED_WEIGHTS_FILE), metadata={"format": "pt"})
     (target / TRAINING_FILE).write_text(json.dumps({
-        "base": "all-MiniLM-L6-v2", "trained_by": "bench/train_encoder.py", "data": "SQuAD v1.1 train (CC BY-SA 4.0)",
+        "base": PACKAGED_MODEL, "trained_by": "bench/train_encoder.py", "data": TRAINING_DATA,
         "changed_parameters": int(sum(value.size for value in changed.values())), "held_out": log[-1] if log else None,
     }, indent=1), encoding="utf-8")
     logger.info("%d changed tensors written to %s", len(changed), target / CHANGED_WEIGHTS_FILE)
-    return target
 
 
 def train(encoder: Encoder, work: Path, passages: list[Passage], training: list[Example], held_out: list[Example],

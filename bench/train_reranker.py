@@ -57,6 +57,7 @@ from qa import build_index
 from qa.answers import read_question
 from qa.articles import Article
 from qa.chunks import split_sentences
+from qa.config import PACKAGED_MODEL
 from qa.embeddings import padded_feeds, token_feeds
 from qa.evaluate import exact_match, token_f1
 from qa.reranker import (
@@ -71,6 +72,8 @@ TRAIN_FILE = SHARED / "train" / "squad-train.jsonl.gz"
 WORK = Path.home() / ".cache" / "qa-bench" / "reranker"
 RESULTS = ROOT / "bench" / "results" / "reranker.json"
 SEED = 0
+TRAINING_DATA = "SQuAD v1.1 train (CC BY-SA 4.0)"
+"""What the trained models learn from, as their results and settings files name it."""
 ARTICLES = 90
 HELD_OUT = 8
 CHECKPOINT = "checkpoint.pt"
@@ -676,7 +679,7 @@ def export(model, tokens, held_out: list[Mined], spans: list[SpanExample], logs:
     depth = QUESTION_TIME_DEPTH
     weight = blend_weight(report, depth)
     settings = {"max_tokens": QUESTION_TIME_TOKENS, "depth": depth, "weight": weight, "quote_margin": QUOTE_MARGIN, "layers": LAYERS,
-                "base": "all-MiniLM-L6-v2", "trained_on": trained_on, "held_out_int8": report,
+                "base": PACKAGED_MODEL, "trained_on": trained_on, "held_out_int8": report,
                 "held_out_short_answers_int8": span_report}
     (staging / SETTINGS_FILE).write_text(json.dumps(settings, indent=1))
     shutil.rmtree(target, ignore_errors=True)
@@ -746,7 +749,7 @@ def main() -> None:
                                         args.resume and args.span)
     relevance_log = torch_log(args.work / CHECKPOINT)
     export(model, tokens, held_out, held_out_spans, {"relevance_log": relevance_log, "span_log": log}, {
-        "data": "SQuAD v1.1 train (CC BY-SA 4.0)", "articles": ARTICLES, "questions": len(training),
+        "data": TRAINING_DATA, "articles": ARTICLES, "questions": len(training),
         "relevance_steps": relevance_log[-1]["step"] if relevance_log else 0, "span_steps": log[-1]["step"] if log else 0,
         "span_questions": len(spans) - len(held_out_spans)})
 
