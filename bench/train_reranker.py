@@ -177,9 +177,9 @@ def readable_title(title: str) -> str:
     return urllib.parse.unquote(title).replace("_", " ")
 
 
-def write_articles(work: Path, chosen: list[str], articles: dict) -> dict[str, list[tuple[int, int]]]:
-    """Each chosen article as `<n>.txt` (title, blank line, paragraphs); returns each file's paragraph spans."""
-    folder = work / "articles"
+def write_articles(folder: Path, chosen: list[str], articles: dict) -> dict[str, list[tuple[int, int]]]:
+    """Each chosen article as `<n>.txt` in `folder` (title, blank line, paragraphs); returns each file's paragraph
+    spans."""
     folder.mkdir(parents=True, exist_ok=True)
     spans = {}
     for number, title in enumerate(chosen):
@@ -240,7 +240,7 @@ def mine(work: Path, articles: dict, chosen: list[str], held_out: set[str]) -> l
     if target.exists():
         with gzip.open(target, "rt", encoding="utf-8") as lines:
             return [Mined(**json.loads(line)) for line in lines]
-    spans = write_articles(work, chosen, articles)
+    spans = write_articles(work / "articles", chosen, articles)
     index_dir = work / "index"
     build_index(str(work / "articles"), str(index_dir))
     index = load_index(str(index_dir))

@@ -251,6 +251,20 @@ def _onnx_session(model, model_name: str, graph: str):
     return inference_session(_onnx_export(model, model_name) / graph)
 
 
+_session_threads = 0
+"""Threads each ONNX Runtime run may use; 0 leaves it to ONNX Runtime (one per core)."""
+
+
+def use_one_thread_per_run() -> None:
+    """Run every graph of this process on one thread, for a server that answers several questions at once: runs
+    spread over every core contend for them, and 16 chat users are served about a quarter more answers a second on
+    one thread each (bench/load.py, README "Performance"). A lone question takes longer so (31 against 24 ms on
+    2,255 articles), which is why `qa ask` and `answer()` keep ONNX Runtime's default."""
+    global _session_threads
+    _session_threads = 1
+    inference_session.cache_clear()
+
+
 @lru_cache(maxsize=None)
 def inference_session(graph: Path, spinning: bool = True):
     """The process's ONNX Runtime session on one graph file, fully optimised, on the CPU. Builds and questions share
@@ -261,6 +275,7 @@ def inference_session(graph: Path, spinning: bool = True):
 
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = _session_threads
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return onnxruntime.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
