@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 $(BIN)/qa: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev,milvus]'
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev,milvus,ray]'
 	touch $(BIN)/qa
 
 chromium:

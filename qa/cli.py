@@ -9,6 +9,7 @@ import signal
 import sys
 
 from . import config
+from .distributed import DEFAULT_ARTICLES_PER_BATCH, LOCAL, RaySettings
 from .feeds import DEFAULT_FEEDS_EVERY_MINUTES, FEEDS_FILE
 from .fetch import ALLOW_PRIVATE_ENV
 
@@ -55,6 +56,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     index.add_argument("--rebuild", action="store_true", help="re-embed every article, ignoring the existing index")
     index.add_argument("--watch", action="store_true", help="then keep watching the folder and index every change (Ctrl-C stops)")
+    index.add_argument(
+        "--ray", nargs="?", const=LOCAL, metavar="ADDRESS",
+        help="chunk and embed on Ray: a Ray instance started here, or the cluster at ADDRESS (ray://HOST:10001, or "
+             "auto on one of its nodes); needs qa[ray]. Later --watch builds embed here",
+    )
+    index.add_argument("--ray-workers", type=int, help="Ray actors embedding at once (default: one per CPU Ray has)")
+    index.add_argument("--ray-batch", type=int, default=DEFAULT_ARTICLES_PER_BATCH,
+                       help="articles sent to an actor at a time (default: %(default)s)")
     _add_feeds_every(index)
     index.set_defaults(run=_index)
 
@@ -165,7 +174,9 @@ def _store(args: argparse.Namespace) -> str:
 def _index(args: argparse.Namespace) -> int:
     from .index import build_index
 
-    report = build_index(args.articles, model=args.model, rebuild=args.rebuild, backend=args.backend, store=_store(args))
+    ray = RaySettings(args.ray, args.ray_workers, args.ray_batch) if args.ray else None
+    report = build_index(args.articles, model=args.model, rebuild=args.rebuild, backend=args.backend, store=_store(args),
+                         ray=ray)
     print(
         f"{report.added} added, {report.updated} updated, {report.removed} removed, {report.unchanged} unchanged; "
         f"{report.chunks_embedded} chunks embedded in {report.seconds:.1f} s"

@@ -255,13 +255,14 @@ _session_threads = 0
 """Threads each ONNX Runtime run may use; 0 leaves it to ONNX Runtime (one per core)."""
 
 
-def use_one_thread_per_run() -> None:
-    """Run every graph of this process on one thread, for a server that answers several questions at once: runs
-    spread over every core contend for them, and 16 chat users are served about a quarter more answers a second on
-    one thread each (bench/load.py, README "Performance"). A lone question takes longer so (31 against 24 ms on
-    2,255 articles), which is why `qa ask` and `answer()` keep ONNX Runtime's default."""
+def use_threads_per_run(threads: int) -> None:
+    """Run every graph of this process on `threads` threads. A server that answers several questions at once uses
+    one: runs spread over every core contend for them, and 16 chat users are served about a quarter more answers a
+    second on one thread each (bench/load.py, README "Performance"); so does each worker of a build on Ray. A lone
+    question takes longer so (31 against 24 ms on 2,255 articles), which is why `qa ask` and `answer()` keep ONNX
+    Runtime's default."""
     global _session_threads
-    _session_threads = 1
+    _session_threads = threads
     inference_session.cache_clear()
 
 

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from . import config
 from .articles import Article, SkippedFile, read_articles, require_folder
 from .chunks import chunk_article, sentence_text
+from .distributed import RaySettings, embed_on_ray
 from .retrieval import load_index
 from .store import FORMAT_VERSION, EmbeddedArticle, IndexInfo, Update, open_store
 
@@ -67,6 +68,7 @@ def build_index(
     store: str | None = None,
     progress: Callable[[int, int], None] | None = None,
     worker: BuildWorker | None = None,
+    ray: RaySettings | None = None,
 ) -> IndexReport:
     """Bring the index up to date with the articles in `articles_dir`.
 
@@ -75,7 +77,8 @@ def build_index(
     Unchanged articles are neither parsed nor embedded again; changed and new ones are embedded; removed ones
     leave. A changed model or backend (or `rebuild=True`) re-embeds everything. Readers see the new index all at
     once: if the build fails or is interrupted, the previous index stays live. `progress(done, total)` is called
-    with counts of chunks embedded. With a `worker`, the embedding runs in its process instead of this one.
+    with counts of chunks embedded. With a `worker`, the embedding runs in its process instead of this one; with
+    `ray`, on Ray Data actors (see qa.distributed), the store still written once, from here.
     """
     from .embeddings import backend_name, has_export
 
@@ -99,8 +102,12 @@ def build_index(
     changed = info is None or info.articles_dir != str(articles_root) or bool(scan.articles) or bool(removed)
     if changed or not has_export(encoder.model):
         logger.info("embedding %d new or changed articles", len(scan.articles))
-        embed = worker.embed if worker is not None else embed_for_index
-        added = embed(scan.articles, encoder, progress)
+        if ray is not None:
+            added = embed_on_ray(scan.articles, encoder.model, encoder.backend, ray)
+            export_for_questions(encoder)
+        else:
+            embed = worker.embed if worker is not None else embed_for_index
+            added = embed(scan.articles, encoder, progress)
     if changed:
         report.chunks_embedded = sum(len(item.chunks) for item in added)
         logger.info("writing %d articles and %d removals to %s", len(added), len(removed), target.location)
@@ -118,17 +125,25 @@ def build_index(
 def embed_for_index(
     articles: list[Article], encoder: Encoder, progress: Callable[[int, int], None] | None = None
 ) -> list[EmbeddedArticle]:
-    """The build's model step: `articles` embedded (see `_embed_articles`), and the ONNX export that `qa ask` and
+    """The build's model step: `articles` embedded (see `embed_articles`), and the ONNX export that `qa ask` and
     `qa serve` encode questions with made if it is missing, so that a question never waits for PyTorch. A model the
     export cannot reproduce leaves questions to the model itself."""
-    from .embeddings import get_embedder
+    embedded = embed_articles(articles, encoder, progress)
+    export_for_questions(encoder)
+    return embedded
 
-    embedded = _embed_articles(articles, encoder, progress)
+
+def export_for_questions(encoder: Encoder) -> None:
+    """Make the ONNX export that questions are encoded with, if it is missing (a model the export cannot reproduce
+    leaves questions to the model itself)."""
+    from .embeddings import get_embedder, has_export
+
+    if has_export(encoder.model):
+        return
     try:
         get_embedder(encoder.model, encoder.backend).export()
     except RuntimeError as error:
         logger.info("questions will be encoded by the model itself: %s", error)
-    return embedded
 
 
 @dataclass(frozen=True)
@@ -150,7 +165,7 @@ def _same_encoder(info: IndexInfo, encoder: Encoder) -> bool:
     return False
 
 
-def _embed_articles(
+def embed_articles(
     articles: list[Article], encoder: Encoder, progress: Callable[[int, int], None] | None
 ) -> list[EmbeddedArticle]:
     """Each article chunked, with vectors for its chunks and for its sentences: late-chunked (read in their chunk)

@@ -9,7 +9,7 @@ from pathlib import Path
 import gradio as gr
 
 from .. import catalog, config
-from ..embeddings import use_one_thread_per_run
+from ..embeddings import use_threads_per_run
 from ..retrieval import load_index
 from ..feeds import DEFAULT_FEEDS_EVERY_MINUTES, FeedFollower
 from ..watch import FolderWatcher
@@ -417,7 +417,7 @@ def serve(
     The folder's feeds are updated every `feeds_every` minutes (0: never)."""
     if host not in LOCAL_HOSTS and auth is None:
         logger.warning("serving on %s without a login: anyone who can reach this address can use it", host)
-    use_one_thread_per_run()
+    use_threads_per_run(1)
     watcher = FolderWatcher(articles_dir, store, watch=watch).start()
     if feeds_every > 0:
         FeedFollower(articles_dir, feeds_every).start()

@@ -1,0 +1,122 @@
+"""Distributed building: a build's changed articles chunked and embedded by Ray Data actors, on this machine or a cluster."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from .articles import Article
+from .store import EmbeddedArticle
+
+logger = logging.getLogger(__name__)
+
+LOCAL = "local"
+"""`--ray` without an address: a Ray instance started on this machine for the build, and stopped after it."""
+DEFAULT_ARTICLES_PER_BATCH = 16
+DEFAULT_CPUS_PER_WORKER = 1
+
+
+@dataclass(frozen=True)
+class RaySettings:
+    """Where and how a build embeds on Ray: `address` is LOCAL or a cluster's (`ray://HOST:10001`, or `auto` on a
+    cluster's node); `workers` actors (default: one per CPU Ray sees), each loading the model once and running it on
+    `cpus_per_worker` threads; `articles_per_batch` articles sent to an actor at a time."""
+
+    address: str = LOCAL
+    workers: int | None = None
+    articles_per_batch: int = DEFAULT_ARTICLES_PER_BATCH
+    cpus_per_worker: int = DEFAULT_CPUS_PER_WORKER
+
+    def __post_init__(self):
+        for name in ("workers", "articles_per_batch", "cpus_per_worker"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"Ray's {name.replace('_', ' ')} must be at least 1, not {value}")
+
+
+class _Embedder:
+    """A Ray Data actor: the model loaded once, on `threads` threads; each batch of articles chunked and embedded."""
+
+    def __init__(self, model: str, backend: str, threads: int):
+        import torch
+
+        from .embeddings import get_embedder, use_threads_per_run
+        from .index import Encoder
+
+        torch.set_num_threads(threads)
+        use_threads_per_run(threads)
+        self.encoder = Encoder(model, backend)
+        get_embedder(model, backend)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from .index import embed_articles
+
+        articles = [_article(row) for row in batch["article"]]
+        return {"embedded": _objects(embed_articles(articles, self.encoder, None))}
+
+
+def embed_on_ray(articles: list[Article], model: str, backend: str, settings: RaySettings) -> list[EmbeddedArticle]:
+    """`articles` embedded as `qa.index.embed_articles` embeds them, by Ray Data actors, in the order given. A worker
+    that dies is replaced and its batch run again by Ray; the driver receives every article's vectors."""
+    if not articles:
+        return []
+    ray = _ray()
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=None if settings.address == LOCAL else settings.address, include_dashboard=False,
+                 log_to_driver=False, logging_level=logging.WARNING)
+    try:
+        context = ray.data.DataContext.get_current()
+        context.execution_options.preserve_order = True
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
+        context.enable_progress_bars = False
+        workers = settings.workers or max(1, int(ray.cluster_resources().get("CPU", 1)) // settings.cpus_per_worker)
+        logger.info("embedding %d articles on Ray (%s): %d workers of %d CPU", len(articles), settings.address,
+                    workers, settings.cpus_per_worker)
+        dataset = ray.data.from_items([{"article": _row(article)} for article in articles]).map_batches(
+            _Embedder,
+            fn_constructor_args=(model, backend, settings.cpus_per_worker),
+            batch_size=settings.articles_per_batch,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=workers),
+            num_cpus=settings.cpus_per_worker,
+        )
+        embedded: list[EmbeddedArticle] = []
+        with tqdm(total=len(articles), desc="embedding articles on Ray", unit="article", disable=None) as bar:
+            for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+                embedded.extend(batch["embedded"])
+                bar.update(len(batch["embedded"]))
+        return embedded
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _ray():
+    try:
+        import ray
+        import ray.data
+    except ImportError:
+        raise RuntimeError("building on Ray needs the ray extra: pip install 'qa[ray]' (make installs it)") from None
+    return ray
+
+
+def _row(article: Article) -> str:
+    """An article as Ray Data carries it (Arrow holds strings, not Python objects)."""
+    return json.dumps(asdict(article))
+
+
+def _article(row: str) -> Article:
+    fields = json.loads(row)
+    return Article(**{**fields, "paragraphs": [tuple(span) for span in fields["paragraphs"]]})
+
+
+def _objects(items: list) -> np.ndarray:
+    """A one-dimensional numpy array of Python objects (numpy would otherwise look inside them)."""
+    array = np.empty(len(items), dtype=object)
+    array[:] = items
+    return array
