@@ -44,7 +44,8 @@ from qa.evaluate import Question, load_questions
 from qa.followup import normalize
 from qa.retrieval import FEATURES, RANKER_FILE, LoadedIndex, load_index
 from train_reranker import (
-    _NAME, ARTICLES, HELD_OUT, earlier_turns, readable_title, shaped, shuffled_titles, squad_articles, write_articles,
+    _NAME, ARTICLES, HELD_OUT, earlier_turns, holds_answer, readable_title, shaped, shuffled_titles, squad_articles,
+    write_articles,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -176,14 +177,13 @@ def squad_train_questions(titles: list[str], articles: dict, spans: dict[str, li
 
 
 def squad_train_example(index: LoadedIndex, item: Asked) -> Example:
-    """A candidate is positive when it lies in the question's paragraph and holds its answer."""
+    """The question's candidates, positive when they lie in its paragraph and hold its answer."""
     candidates = index.candidates(read_question(index, item.question, item.history))
     sentences = candidates.sentences
     article = index.article_id(str(index.articles_dir / SQUAD_TRAIN / item.file))
-    start, end = item.paragraph
     labels = np.array([
-        int(sentences.article[i]) == article and start <= int(sentences.start[i]) and int(sentences.end[i]) <= end
-        and item.answer in sentences.text[i]
+        holds_answer(int(sentences.article[i]), int(sentences.start[i]), int(sentences.end[i]), sentences.text[i],
+                     article, item.paragraph, item.answer)
         for i in range(len(sentences.text))
     ], dtype=np.int8)
     return Example(candidates.features, labels, item.file, item.kind)

@@ -234,6 +234,13 @@ def earlier_turns(context: str, rows: list[dict], turn: int) -> list[tuple[str, 
     return history
 
 
+def holds_answer(article_id: int, start: int, end: int, text: str, article: int, paragraph: tuple[int, int],
+                 answer: str) -> bool:
+    """Whether a sentence (its article, offsets and text) is a positive for a question: it lies in the question's
+    paragraph of `article` and holds the answer."""
+    return article_id == article and paragraph[0] <= start and end <= paragraph[1] and answer in text
+
+
 def mine(work: Path, articles: dict, chosen: list[str], held_out: set[str]) -> list[Mined]:
     """Ask every question of the chosen articles as qa would, and keep the linear ranker's candidates."""
     target = work / "mined.jsonl.gz"
@@ -258,7 +265,7 @@ def mine(work: Path, articles: dict, chosen: list[str], held_out: set[str]) -> l
         answer = row["answers"][0]
 
         def positive(article_id: int, start: int, end: int, text: str) -> bool:
-            return article_id == article and span[0] <= start and end <= span[1] and answer in text
+            return holds_answer(article_id, start, end, text, article, span, answer)
 
         passages = [passage_text(index.reader.article(s.article).title, s.text) for s in ranked]
         scores = [s.score for s in ranked]

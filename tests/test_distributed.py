@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -52,10 +53,7 @@ def test_a_ray_build_gives_the_same_index_and_answers_as_a_plain_build(tmp_path:
 
 
 def test_a_killed_ray_build_leaves_the_old_index_answering(tmp_path: Path) -> None:
-    articles = tmp_path / "articles"
-    articles.mkdir()
-    for seed in SEEDS.iterdir():
-        (articles / seed.name).write_bytes(seed.read_bytes())
+    articles = shutil.copytree(SEEDS, tmp_path / "articles")
     store = str(tmp_path / "index")
     qa.build_index(articles, store)
     before = qa.answer(MEETING_QUESTION, store=store)
