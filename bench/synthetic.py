@@ -59,16 +59,25 @@ def main() -> None:
     args = parser.parse_args()
     if args.count < 1:
         parser.error("--count must be at least 1")
+    write_archive(args.count, args.out)
+
+
+def write_archive(count: int, out: Path) -> list[Path]:
+    """Write the archive's first `count` articles into `out`; their paths, in order (the first N of any larger
+    archive are the same N articles)."""
     pools, lengths = bbc_sentences()
     categories = sorted(pools)
     rng = random.Random(SEED)
-    for number in tqdm(range(args.count), desc="writing articles", unit="article"):
+    paths = []
+    for number in tqdm(range(count), desc="writing articles", unit="article"):
         category = rng.choice(categories)
         sentences = rng.sample(pools[category], max(1, rng.choice(lengths)))
         day = FIRST_DAY + datetime.timedelta(days=rng.randrange(DAYS))
-        path = args.out / category / str(day.year) / f"{number:07d}.txt"
+        path = out / category / str(day.year) / f"{number:07d}.txt"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(article_text(sentences, day), encoding="utf-8")
+        paths.append(path)
+    return paths
 
 
 if __name__ == "__main__":

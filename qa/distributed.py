@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -18,6 +19,7 @@ LOCAL = "local"
 """`--ray` without an address: a Ray instance started on this machine for the build, and stopped after it."""
 DEFAULT_ARTICLES_PER_BATCH = 16
 DEFAULT_CPUS_PER_WORKER = 1
+LOCAL_START_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -59,16 +61,17 @@ class _Embedder:
         return {"embedded": _objects(embed_articles(articles, self.encoder, None))}
 
 
-def embed_on_ray(articles: list[Article], model: str, backend: str, settings: RaySettings) -> list[EmbeddedArticle]:
-    """`articles` embedded as `qa.index.embed_articles` embeds them, by Ray Data actors, in the order given. A worker
-    that dies is replaced and its batch run again by Ray; the driver receives every article's vectors."""
+def embed_on_ray(articles: list[Article], model: str, backend: str, settings: RaySettings) -> Iterator[EmbeddedArticle]:
+    """`articles` embedded as `qa.index.embed_articles` embeds them, by Ray Data actors, yielded in the order given as
+    their batches finish, so that the store can write them while the rest are embedded. A worker that dies is
+    replaced and its batch run again by Ray. A local Ray instance started here stops when the iteration ends or the
+    iterator is closed."""
     if not articles:
-        return []
+        return
     ray = _ray()
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=None if settings.address == LOCAL else settings.address, include_dashboard=False,
-                 log_to_driver=False, logging_level=logging.WARNING)
+        _start(ray, settings.address)
     try:
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True
@@ -85,15 +88,29 @@ def embed_on_ray(articles: list[Article], model: str, backend: str, settings: Ra
             compute=ray.data.ActorPoolStrategy(size=workers),
             num_cpus=settings.cpus_per_worker,
         )
-        embedded: list[EmbeddedArticle] = []
         with tqdm(total=len(articles), desc="embedding articles on Ray", unit="article", disable=None) as bar:
             for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-                embedded.extend(batch["embedded"])
+                yield from batch["embedded"]
                 bar.update(len(batch["embedded"]))
-        return embedded
     finally:
         if started_here:
             ray.shutdown()
+
+
+def _start(ray, address: str) -> None:
+    """Start or join Ray. A local start is tried LOCAL_START_ATTEMPTS times: on a busy machine Ray's own processes
+    are sometimes slower to come up than it waits for."""
+    attempts = LOCAL_START_ATTEMPTS if address == LOCAL else 1
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+            return
+        except Exception as error:  # Ray raises a bare Exception (or ConnectionError) when it cannot start or join
+            ray.shutdown()
+            if attempt == attempts:
+                where = "on this machine" if address == LOCAL else f"at {address} (is it a Ray {ray.__version__} cluster?)"
+                raise RuntimeError(f"Ray did not start {where}: {error}; try again, or build without --ray") from None
+            logger.warning("Ray did not start (%s); trying again", error)
 
 
 def _ray():

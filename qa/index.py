@@ -6,7 +6,8 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -100,18 +101,20 @@ def build_index(
     report.removed = len(removed)
     report.unchanged = len(scan.unchanged)
     changed = info is None or info.articles_dir != str(articles_root) or bool(scan.articles) or bool(removed)
-    if changed or not has_export(encoder.model):
-        logger.info("embedding %d new or changed articles", len(scan.articles))
-        if ray is not None:
-            added = embed_on_ray(scan.articles, encoder.model, encoder.backend, ray)
-            export_for_questions(encoder)
-        else:
-            embed = worker.embed if worker is not None else embed_for_index
-            added = embed(scan.articles, encoder, progress)
+    with ExitStack() as stack:
+        if changed or not has_export(encoder.model):
+            logger.info("embedding %d new or changed articles", len(scan.articles))
+            if ray is not None:
+                export_for_questions(encoder)
+                added = stack.enter_context(closing(embed_on_ray(scan.articles, encoder.model, encoder.backend, ray)))
+            else:
+                embed = worker.embed if worker is not None else embed_for_index
+                added = embed(scan.articles, encoder, progress)
+        if changed:
+            logger.info("writing %d articles and %d removals to %s", len(scan.articles), len(removed), target.location)
+            target.write(Update(encoder.model, encoder.backend, str(articles_root), removed,
+                                _counting_chunks(added, report), rebuild=info is None))
     if changed:
-        report.chunks_embedded = sum(len(item.chunks) for item in added)
-        logger.info("writing %d articles and %d removals to %s", len(added), len(removed), target.location)
-        target.write(Update(encoder.model, encoder.backend, str(articles_root), removed, added, rebuild=info is None))
         logger.info(
             "index built: %d added, %d updated, %d removed, %d unchanged, %d chunks embedded",
             report.added, report.updated, report.removed, report.unchanged, report.chunks_embedded,
@@ -120,6 +123,13 @@ def build_index(
         logger.info("index is up to date (%d articles)", report.unchanged)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _counting_chunks(added: Iterable[EmbeddedArticle], report: IndexReport) -> Iterator[EmbeddedArticle]:
+    """`added` as it is read, its chunks counted into `report`."""
+    for embedded in added:
+        report.chunks_embedded += len(embedded.chunks)
+        yield embedded
 
 
 def embed_for_index(

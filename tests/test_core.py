@@ -16,10 +16,8 @@ from qa.evaluate import citation_is_intact, evaluate, is_hit, load_questions
 import qa.store.embedded as qa_index
 from qa.store.embedded import SEGMENTS_DIR, current_generation, read_manifest
 
-ROOT = Path(__file__).resolve().parents[1]
-SEEDS = ROOT / "seeds"
-SHARED = ROOT.parent / "shared"
-DEV = SHARED / "eval" / "dev.jsonl"
+from common import DEV, SEEDS, SHARED, copy_seeds
+
 BBC = SHARED / "corpora" / "bbc"
 FURNITURE_MARK = '"World" POPULAR ARTICLE'
 
@@ -30,11 +28,6 @@ def seeds_index(tmp_path_factory) -> str:
     report = qa.build_index(SEEDS, index_dir)
     assert report.added == 2 and report.chunks_embedded > 0
     return str(index_dir)
-
-
-def copy_seeds(folder: Path) -> Path:
-    shutil.copytree(SEEDS, folder)
-    return folder
 
 
 def test_answer_quotes_verbatim_with_exact_offsets(seeds_index):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,23 +16,35 @@ from qa.distributed import RaySettings
 from qa.evaluate import load_questions
 from qa.retrieval import load_index
 
+from common import (
+    BUDGET_ARTICLES,
+    BUDGET_QUESTION,
+    DEV,
+    ENV,
+    MEETING_QUESTION,
+    SEEDS,
+    STORES,
+    add_budget_articles,
+    ask_in_new_process,
+    copy_seeds,
+    store_location,
+)
+
 pytest.importorskip("ray", reason="builds on Ray need qa[ray], which make installs")
 
-ROOT = Path(__file__).resolve().parents[1]
-SEEDS = ROOT / "seeds"
-DEV = ROOT.parent / "shared" / "eval" / "dev.jsonl"
-ENV = dict(os.environ, HF_HUB_OFFLINE="1")
-MEETING_QUESTION = "When will the three countries meet to formally establish the secretariat?"
+KILLED_AT = {"embedded": "qa.distributed: embedding", "milvus": "inserted 1000 rows"}
+"""The log line at which the build is killed: once the actors are at work; once the first rows are in Milvus."""
 
 
 def _citations(answer: qa.Answer) -> list[tuple[str, int, int]]:
     return [(c.path, c.start, c.end) for c in answer.citations]
 
 
-def test_a_ray_build_gives_the_same_index_and_answers_as_a_plain_build(tmp_path: Path) -> None:
-    plain, on_ray = str(tmp_path / "plain"), str(tmp_path / "ray")
+@pytest.mark.parametrize("kind", STORES)
+def test_a_ray_build_gives_the_same_index_and_answers_as_a_plain_build(tmp_path: Path, kind: str) -> None:
+    plain, on_ray = str(tmp_path / "plain"), store_location(kind, tmp_path)
     qa.build_index(SEEDS, plain)
-    report = qa.build_index(SEEDS, on_ray, ray=RaySettings(workers=2, articles_per_batch=1))
+    report = qa.build_index(SEEDS, store=on_ray, ray=RaySettings(workers=2, articles_per_batch=1))
     assert report.added == 2 and report.chunks_embedded > 0
 
     expected, built = load_index(plain), load_index(on_ray)
@@ -52,31 +63,32 @@ def test_a_ray_build_gives_the_same_index_and_answers_as_a_plain_build(tmp_path:
         assert (second.text, _citations(second)) == (first.text, _citations(first)), question.question
 
 
-def test_a_killed_ray_build_leaves_the_old_index_answering(tmp_path: Path) -> None:
-    articles = shutil.copytree(SEEDS, tmp_path / "articles")
-    store = str(tmp_path / "index")
-    qa.build_index(articles, store)
-    before = qa.answer(MEETING_QUESTION, store=store)
-    assert "late 2024" in before.text
-    for number in range(30):
-        text = " ".join(f"Clause {number}-{k} of the port budget funds dredging work number {k}." for k in range(40))
-        (articles / f"budget_{number:02d}.txt").write_text(f"Port budget {number}\n\n{text}\n", encoding="utf-8")
+@pytest.mark.parametrize("kind", STORES)
+def test_a_killed_ray_build_leaves_the_old_index_answering(tmp_path: Path, kind: str) -> None:
+    articles = copy_seeds(tmp_path / "articles")
+    store = store_location(kind, tmp_path)
+    qa.build_index(articles, store=store)
+    before = ask_in_new_process(MEETING_QUESTION, store)
+    assert before.returncode == 0 and "late 2024" in before.stdout
+    add_budget_articles(articles)
 
     build = subprocess.Popen(
-        [sys.executable, "-m", "qa.cli", "-v", "index", "--articles", str(articles), "--index", store, "--ray"],
+        [sys.executable, "-m", "qa.cli", "-v", "index", "--articles", str(articles), "--store", store,
+         "--ray", "--ray-batch", "1"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True,
     )
-    for line in build.stderr:  # kill the driver (and the Ray instance it started) once the actors are at work
-        if "qa.distributed: embedding" in line:
+    logged = []
+    for line in build.stderr:  # kill the driver (and the Ray instance and Milvus it started) mid-way
+        logged.append(line)
+        if KILLED_AT[kind] in line:
             break
-    assert build.poll() is None, "the build finished before it could be killed"
+    assert build.poll() is None, "the build finished before it could be killed:\n" + "".join(logged)
     os.killpg(build.pid, signal.SIGKILL)
     build.wait()
 
-    after = subprocess.run([sys.executable, "-m", "qa.cli", "ask", MEETING_QUESTION, "--index", store],
-                           capture_output=True, text=True, env=ENV)
-    assert after.returncode == 0 and "late 2024" in after.stdout
-    assert "dredging" not in qa.answer("What does the port budget fund?", store=store).text
-    report = qa.build_index(articles, store, ray=RaySettings(workers=2))
-    assert report.added == 30 and report.unchanged == 2
-    assert "dredging" in qa.answer("What does the port budget fund?", store=store).text
+    after = ask_in_new_process(MEETING_QUESTION, store)
+    assert after.returncode == 0 and after.stdout == before.stdout
+    assert "dredging" not in ask_in_new_process(BUDGET_QUESTION, store).stdout
+    report = qa.build_index(articles, store=store, ray=RaySettings(workers=2))
+    assert report.added == BUDGET_ARTICLES and report.unchanged == 2
+    assert "dredging" in qa.answer(BUDGET_QUESTION, store=store).text

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -15,35 +13,27 @@ import qa
 import qa.store.embedded as embedded
 from qa.evaluate import citation_is_intact, evaluate, load_questions
 
-ROOT = Path(__file__).resolve().parents[1]
-SEEDS = ROOT / "seeds"
-DEV = ROOT.parent / "shared" / "eval" / "dev.jsonl"
-ENV = dict(os.environ, HF_HUB_OFFLINE="1")
-MEETING_QUESTION = "When will the three countries meet to formally establish the secretariat?"
+from common import (
+    BUDGET_ARTICLES,
+    BUDGET_QUESTION,
+    DEV,
+    ENV,
+    MEETING_QUESTION,
+    SEEDS,
+    STORES,
+    add_budget_articles,
+    ask_in_new_process,
+    copy_seeds,
+    store_location,
+)
+
 HARBOUR_QUESTION = "Which harbour reopened after restoration?"
-STORES = ["embedded", "milvus"]
-
-
-def location(kind: str, folder: Path) -> str:
-    """A new, empty store of `kind` in `folder`: each Milvus Lite file is served by its own process."""
-    return str(folder / "index") if kind == "embedded" else f"milvus:{folder / 'index' / 'qa.db'}"
-
-
-def copy_seeds(folder: Path) -> Path:
-    shutil.copytree(SEEDS, folder)
-    return folder
-
-
-def ask_in_new_process(question: str, store: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "qa.cli", "ask", question, "--store", store], capture_output=True, text=True, env=ENV
-    )
 
 
 @pytest.mark.skipif(not DEV.exists(), reason="../shared/eval/dev.jsonl is not beside the repository")
 @pytest.mark.parametrize("kind", STORES)
 def test_dev_questions_all_hit_with_intact_citations(tmp_path, kind):
-    store = location(kind, tmp_path)
+    store = store_location(kind, tmp_path)
     qa.build_index(SEEDS, store=store)
     report = evaluate(load_questions(DEV), store=store)
     assert report.overall.answerable_hits == report.overall.answerable == 9
@@ -55,7 +45,7 @@ def test_dev_questions_all_hit_with_intact_citations(tmp_path, kind):
 def test_incremental_rebuild_embeds_only_what_changed(tmp_path, monkeypatch, kind):
     if kind == "embedded-ivf":  # what folders of APPROXIMATE_SEARCH_FROM chunks and more use: IVF under stable ids
         monkeypatch.setattr(embedded, "APPROXIMATE_SEARCH_FROM", 1)
-    articles, store = copy_seeds(tmp_path / "articles"), location(kind.split("-")[0], tmp_path)
+    articles, store = copy_seeds(tmp_path / "articles"), store_location(kind.split("-")[0], tmp_path)
     first = qa.build_index(articles, store=store)
     assert (first.added, first.updated, first.removed, first.unchanged) == (2, 0, 0, 0)
 
@@ -96,13 +86,11 @@ def test_incremental_rebuild_embeds_only_what_changed(tmp_path, monkeypatch, kin
 @pytest.mark.parametrize("moment", ["embedding", "writing"])
 @pytest.mark.parametrize("kind", STORES)
 def test_a_build_killed_mid_way_leaves_the_old_answers(tmp_path, kind, moment):
-    articles, store = copy_seeds(tmp_path / "articles"), location(kind, tmp_path)
+    articles, store = copy_seeds(tmp_path / "articles"), store_location(kind, tmp_path)
     qa.build_index(articles, store=store)
     before = ask_in_new_process(MEETING_QUESTION, store)
     assert before.returncode == 0 and "late 2024" in before.stdout
-    for number in range(30):
-        text = " ".join(f"Clause {number}-{k} of the port budget funds dredging work number {k}." for k in range(40))
-        (articles / f"budget_{number:02d}.txt").write_text(f"Port budget {number}\n\n{text}\n", encoding="utf-8")
+    add_budget_articles(articles)
     build = subprocess.Popen(
         [sys.executable, "-m", "qa.cli", "-v", "index", "--articles", str(articles), "--store", store],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True,
@@ -116,17 +104,17 @@ def test_a_build_killed_mid_way_leaves_the_old_answers(tmp_path, kind, moment):
 
     after = ask_in_new_process(MEETING_QUESTION, store)
     assert after.returncode == 0 and after.stdout == before.stdout
-    assert "dredging" not in ask_in_new_process("What does the port budget fund?", store).stdout
+    assert "dredging" not in ask_in_new_process(BUDGET_QUESTION, store).stdout
     report = qa.build_index(articles, store=store)
-    assert report.added == 30 and report.unchanged == 2
-    assert "dredging" in qa.answer("What does the port budget fund?", store=store).text
+    assert report.added == BUDGET_ARTICLES and report.unchanged == 2
+    assert "dredging" in qa.answer(BUDGET_QUESTION, store=store).text
     if kind == "embedded":
         assert not list((tmp_path / "index").glob("*.tmp")), "what the killed build left is cleared"
 
 
 @pytest.mark.parametrize("kind", STORES)
 def test_bad_input_is_refused_with_a_message_and_loses_nothing(tmp_path, kind):
-    store = location(kind, tmp_path)
+    store = store_location(kind, tmp_path)
     with pytest.raises(FileNotFoundError, match="qa index"):
         qa.answer("Where did they meet?", store=store)
     articles = copy_seeds(tmp_path / "articles")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,7 +131,9 @@ class Update:
     backend: str
     articles_dir: str
     removed: list[str]
-    added: list[EmbeddedArticle]
+    added: Iterable[EmbeddedArticle]
+    """Read once, in order. A store may write each article as it arrives (Milvus does: a build on Ray streams its
+    articles in while it embeds the rest); readers still see none of them until the whole update is written."""
     rebuild: bool = False
     """Drop everything the store holds before adding."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -131,6 +132,7 @@ class EmbeddedStore(Store):
 
     def write(self, update: Update, progress: Callable[[str], None] | None = None) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
+        update = dataclasses.replace(update, added=list(update.added))
         with _build_lock(self.folder):
             previous = None if update.rebuild else current_generation(self.folder)
             _write_generation(self.folder, previous, update)

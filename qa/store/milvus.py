@@ -6,6 +6,7 @@ import dataclasses
 import fcntl
 import functools
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ from . import (
     SERVER_SCHEMES,
     ArticleRecord,
     ChunkRows,
+    EmbeddedArticle,
     IndexCorruptError,
     IndexInfo,
     IndexNotFoundError,
@@ -700,11 +702,31 @@ def _frequencies_at(row: dict, build: int, base: int) -> tuple[int, int]:
 
 
 @dataclass
-class _Added:
-    """What a build inserted: per kind, the stored token strings (for term frequencies), and how many articles."""
+class _Terms:
+    """What the term frequencies need of a set of rows, per kind: how many, their total length in terms, and each
+    term's document frequency."""
 
-    tokens: dict[str, list[str]] = field(default_factory=lambda: {kind: [] for kind in KINDS})
-    articles: int = 0
+    rows: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    lengths: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    frequencies: dict[str, Counter] = field(default_factory=lambda: {kind: Counter() for kind in KINDS})
+
+    def count(self, kind: str, token_strings: Sequence[str]) -> None:
+        self.rows[kind] += len(token_strings)
+        self.lengths[kind] += _length(token_strings)
+        for tokens in token_strings:
+            self.frequencies[kind].update(set(tokens.split()))
+
+
+@dataclass
+class _Added:
+    """What a build inserted: the paths of its articles, and the terms of its chunks and sentences."""
+
+    paths: set[str] = field(default_factory=set)
+    terms: _Terms = field(default_factory=_Terms)
+
+    @property
+    def articles(self) -> int:
+        return len(self.paths)
 
 
 class _Build:
@@ -726,7 +748,9 @@ class _Build:
         update, store = self.update, self.store
         self.say("reading the live state")
         state = store._read_state()
-        dimension = self._dimension(state)
+        arriving = iter(update.added)
+        first = next(arriving, None)
+        dimension = self._dimension(state, first)
         compatible = state is not None and (
             state.layout == LAYOUT_VERSION and state.info.format_version == FORMAT_VERSION
             and state.info.dimension == dimension
@@ -756,28 +780,25 @@ class _Build:
             live = []
         self.target = target
 
-        superseded = {embedded.article.path for embedded in update.added} | set(update.removed)
-        retired = [row for row in live if row.path in superseded]
-        previous = state if compatible and not reset else None
-        chunks_after = (previous.rows["chunks"] - sum(r.chunks for r in retired) if previous else 0) + sum(
-            len(embedded.chunks) for embedded in update.added)
-        if chunks_after <= 0:
-            raise ValueError(NO_CHUNKS_MESSAGE)
-
         build = (state.build if state is not None else 0) + 1
         next_ids = dict(state.next_ids if state is not None else FIRST_IDS)
         first_article = next_ids["articles"]
-        added = self._insert(build, next_ids)
+        added = self._insert(build, next_ids, dimension, itertools.chain([first] if first else [], arriving))
 
-        self.say("updating term frequencies")
-        removed_tokens = self._tokens_of(retired) if previous else {kind: [] for kind in KINDS}
-        self._update_terms(build, state if compatible else None, reset, added.tokens, removed_tokens)
-
+        superseded = added.paths | set(update.removed)
+        retired = [row for row in live if row.path in superseded]
+        previous = state if compatible and not reset else None
+        removed = self._terms_of(retired) if previous else _Terms()
         rows, lengths = {}, {}
         for kind in KINDS:
-            rows[kind] = (previous.rows[kind] if previous else 0) + len(added.tokens[kind]) - len(removed_tokens[kind])
-            lengths[kind] = (previous.lengths[kind] if previous else 0) + _length(added.tokens[kind]) - _length(
-                removed_tokens[kind])
+            rows[kind] = (previous.rows[kind] if previous else 0) + added.terms.rows[kind] - removed.rows[kind]
+            lengths[kind] = (previous.lengths[kind] if previous else 0) + added.terms.lengths[kind] - removed.lengths[
+                kind]
+        if rows["chunks"] <= 0:
+            raise ValueError(NO_CHUNKS_MESSAGE)
+
+        self.say("updating term frequencies")
+        self._update_terms(build, state if compatible else None, reset, added.terms, removed)
         n_articles = (previous.info.n_articles - len(retired) if previous else 0) + added.articles
         info = IndexInfo(
             model=update.model, backend=update.backend, dimension=dimension,
@@ -798,14 +819,10 @@ class _Build:
         logger.info("%s: build %d is live: %d articles, %d chunks, %d sentences", store.location, build,
                     n_articles, rows["chunks"], rows["sentences"])
 
-    def _dimension(self, state: _State | None) -> int:
-        dimensions = {embedded.chunk_vectors.shape[1] for embedded in self.update.added if len(embedded.chunks)}
-        dimensions |= {embedded.sentence_vectors.shape[1] for embedded in self.update.added if len(embedded.sentences)}
-        if len(dimensions) > 1:
-            raise ValueError(
-                f"the update's vectors have several dimensions {sorted(dimensions)}: embed them all with one model")
-        if dimensions:
-            return dimensions.pop()
+    def _dimension(self, state: _State | None, first: EmbeddedArticle | None) -> int:
+        """The dimension of the update's vectors (those of its first article), else of the live index's."""
+        if first is not None:
+            return first.chunk_vectors.shape[1]
         if state is None or self.update.rebuild:
             raise ValueError(NO_CHUNKS_MESSAGE)
         return state.info.dimension
@@ -934,22 +951,23 @@ class _Build:
 
     # -- rows --------------------------------------------------------------------------------------------------
 
-    def _insert(self, build: int, next_ids: dict[str, int]) -> _Added:
-        """Insert the update's articles, chunks and sentences as build `build`, advancing `next_ids`."""
+    def _insert(self, build: int, next_ids: dict[str, int], dimension: int,
+                arriving: Iterable[EmbeddedArticle]) -> _Added:
+        """Insert the articles, chunks and sentences as build `build`, as they arrive (a build on Ray streams them
+        while it embeds the rest), advancing `next_ids`."""
         added = _Added()
-        embedded_articles = self.update.added
-        total = sum(1 + len(e.chunks) + len(e.sentences) for e in embedded_articles)
-        self.say(f"inserting {len(embedded_articles)} articles ({total} rows)")
-        all_chunk_tokens = iter(_tokens([chunk.text for e in embedded_articles for chunk in e.chunks]))
-        all_sentence_tokens = iter(_tokens([text for e in embedded_articles for _, _, text in e.sentences]))
+        self.say("inserting the articles as they are embedded")
         pending: dict[str, list[dict]] = {"articles": [], "chunks": [], "sentences": []}
         inserted = 0
-        for embedded in embedded_articles:
+        for embedded in arriving:
+            if embedded.chunk_vectors.shape[1] != dimension:
+                raise ValueError(f"the update's vectors have dimensions {dimension} and "
+                                 f"{embedded.chunk_vectors.shape[1]}: embed them all with one model")
             article = embedded.article
             article_id = next_ids["articles"]
             next_ids["articles"] += 1
-            chunk_tokens = [next(all_chunk_tokens) for _ in embedded.chunks]
-            sentence_tokens = [next(all_sentence_tokens) for _ in embedded.sentences]
+            chunk_tokens = _tokens([chunk.text for chunk in embedded.chunks])
+            sentence_tokens = _tokens([text for _, _, text in embedded.sentences])
             chunk_first, sentence_first = next_ids["chunks"], next_ids["sentences"]
             pending["articles"].append({
                 "id": article_id, "article": article_id, "added_in": build,
@@ -980,38 +998,37 @@ class _Build:
                 })
             next_ids["chunks"] += len(embedded.chunks)
             next_ids["sentences"] += len(embedded.sentences)
-            added.tokens["chunks"].extend(chunk_tokens)
-            added.tokens["sentences"].extend(sentence_tokens)
-            added.articles += 1
+            added.paths.add(article.path)
+            added.terms.count("chunks", chunk_tokens)
+            added.terms.count("sentences", sentence_tokens)
             for collection, rows in pending.items():
                 if len(rows) >= INSERT_BATCH:
-                    inserted += self._flush(collection, rows, inserted, total)
+                    inserted += self._flush(collection, rows, inserted)
         for collection, rows in pending.items():
             if rows:
-                inserted += self._flush(collection, rows, inserted, total)
+                inserted += self._flush(collection, rows, inserted)
         return added
 
-    def _flush(self, collection: str, rows: list[dict], inserted: int, total: int) -> int:
+    def _flush(self, collection: str, rows: list[dict], inserted: int) -> int:
         count = len(rows)
         self.client.insert(self.store.name(collection, self.target), rows)
         rows.clear()
-        self.say(f"inserted {inserted + count} of {total} rows")
+        self.say(f"inserted {inserted + count} rows")
         return count
 
-    def _tokens_of(self, retired: list[_ArticleRow]) -> dict[str, list[str]]:
-        """The stored token strings of the retired articles' chunks and sentences."""
-        tokens: dict[str, list[str]] = {}
+    def _terms_of(self, retired: list[_ArticleRow]) -> _Terms:
+        """The terms of the retired articles' chunks and sentences, from their stored token strings."""
+        terms = _Terms()
         for kind in KINDS:
             ids = [i for row in retired for i in row.ids(kind)]
-            tokens[kind] = [row["tokens"] for row in self.store.query_ids(kind, ids, ["tokens"], self.target)]
-        return tokens
+            terms.count(kind, [row["tokens"] for row in self.store.query_ids(kind, ids, ["tokens"], self.target)])
+        return terms
 
-    def _update_terms(self, build: int, state: _State | None, reset: bool, added: dict[str, list[str]],
-                      removed: dict[str, list[str]]) -> None:
+    def _update_terms(self, build: int, state: _State | None, reset: bool, added: _Terms, removed: _Terms) -> None:
         """Write each touched term's new document frequencies as of `build`, keeping those of the live build beside."""
-        delta = {kind: _document_frequencies(added[kind]) for kind in KINDS}
+        delta = {kind: added.frequencies[kind].copy() for kind in KINDS}
         for kind in KINDS:
-            delta[kind].subtract(_document_frequencies(removed[kind]))
+            delta[kind].subtract(removed.frequencies[kind])
         touched = sorted(set(delta["chunks"]) | set(delta["sentences"]))
         before: dict[str, tuple[int, int]] = {}
         if state is not None:
@@ -1050,13 +1067,6 @@ def _term_row(term: str, build: int, chunks: int, sentences: int, prev_chunks: i
 def _tokens(texts: list[str]) -> list[str]:
     """qa's BM25 terms of each text, space-joined as stored."""
     return [_joined_tokens(tokens) for tokens in tokenize(texts)] if texts else []
-
-
-def _document_frequencies(token_strings: Iterable[str]) -> Counter:
-    counts: Counter = Counter()
-    for tokens in token_strings:
-        counts.update(set(tokens.split()))
-    return counts
 
 
 def _length(token_strings: Iterable[str]) -> int:
