@@ -27,6 +27,7 @@ from pathlib import Path
 
 from answer_latency import ROUNDS, percentile, title_questions  # bench/ is on the path as a script
 from build import RESULTS
+from processes import cmdline, process_tree, rss_kb
 from synthetic import write_archive
 
 DEFAULT_WORK = Path.home() / ".cache" / "qa-bench" / "archive"
@@ -35,36 +36,8 @@ WORKERS = 2
 MEGABYTE = 1 << 20
 
 
-def rss_bytes(pid: int) -> int:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0
-    found = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
-    return int(found.group(1)) * 1024 if found else 0
-
-
-def descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, pending = [], [pid]
-    while pending:
-        for child in children.get(pending.pop(), []):
-            found.append(child)
-            pending.append(child)
-    return found
-
-
 def kind_of(pid: int) -> str:
-    try:
-        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return "gone"
+    command = cmdline(pid).decode(errors="replace")
     if "milvus_lite" in command:
         return "milvus"
     return "ray_workers" if "MapWorker" in command else "ray_other"
@@ -72,10 +45,11 @@ def kind_of(pid: int) -> str:
 
 def tree_rss(pid: int) -> dict[str, int]:
     """Resident bytes of process `pid` ("qa") and of its descendants, by kind."""
-    totals = {"qa": rss_bytes(pid)}
-    for child in descendants(pid):
+    parent, *descendants = process_tree(pid)
+    totals = {"qa": rss_kb(parent) * 1024}
+    for child in descendants:
         kind = kind_of(child)
-        totals[kind] = totals.get(kind, 0) + rss_bytes(child)
+        totals[kind] = totals.get(kind, 0) + rss_kb(child) * 1024
     return totals
 
 

@@ -38,6 +38,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from newsroom import Newsroom, Story, serve as serve_newsroom  # noqa: E402  (the tests' local news site)
+from processes import cmdline, process_tree, rss_kb  # noqa: E402
 
 import qa  # noqa: E402
 from qa.articles import article_text, find_article_files, text_of  # noqa: E402
@@ -159,12 +160,12 @@ class Server:
     def memory(self) -> dict[str, float]:
         """Resident memory of the server process, of its build worker, of Milvus Lite (both run as its descendants),
         and of all of them together."""
-        tree = _process_tree(self.process.pid)
-        worker = [pid for pid in tree if b"spawn_main" in _cmdline(pid)]
-        milvus = [pid for pid in tree[1:] if b"milvus" in _cmdline(pid)]
+        tree = process_tree(self.process.pid)
+        worker = [pid for pid in tree if b"spawn_main" in cmdline(pid)]
+        milvus = [pid for pid in tree[1:] if b"milvus" in cmdline(pid)]
         return {
-            "rss_mb": sum(map(_rss_kb, tree)) / 1024, "server_rss_mb": _rss_kb(self.process.pid) / 1024,
-            "worker_rss_mb": sum(map(_rss_kb, worker)) / 1024, "milvus_rss_mb": sum(map(_rss_kb, milvus)) / 1024,
+            "rss_mb": sum(map(rss_kb, tree)) / 1024, "server_rss_mb": rss_kb(self.process.pid) / 1024,
+            "worker_rss_mb": sum(map(rss_kb, worker)) / 1024, "milvus_rss_mb": sum(map(rss_kb, milvus)) / 1024,
         }
 
     def open_files(self) -> int:
@@ -172,38 +173,6 @@ class Server:
             return len(os.listdir(f"/proc/{self.process.pid}/fd"))
         except OSError:
             return 0
-
-
-def _process_tree(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                parent = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(parent, []).append(int(entry))
-    found, pending = [], [pid]
-    while pending:
-        current = pending.pop()
-        found.append(current)
-        pending.extend(children.get(current, []))
-    return found
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
-
-
-def _rss_kb(pid: int) -> int:
-    try:
-        line = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("VmRSS"))
-        return int(line.split()[1])
-    except (OSError, StopIteration):
-        return 0
 
 
 def _fold(text: str) -> str:
