@@ -54,10 +54,10 @@ LITE_NAME = re.compile(r"^[A-Za-z0-9.\-_]{1,36}$")
 """What milvus-lite accepts as a file name: these characters, at most 36 of them."""
 LITE_LOGS_SUFFIX = ".logs"
 LITE_BUSY_SECONDS = 5.0
+"""How long to wait for a Milvus Lite file that another process is letting go of (a build that just ended)."""
 LITE_GRPC_OPTIONS = {"grpc.keepalive_permit_without_calls": False}
 """pymilvus pings every 10 s even when no call is open; Milvus Lite's server takes that for abuse after a few idle
 minutes and logs a GOAWAY error (too_many_pings) on the next call. Over a local socket no ping is needed while idle."""
-"""How long to wait for a Milvus Lite file that another process is letting go of (a build that just ended)."""
 PREFIX_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,100}$")
 INSTALL_HINT = "pip install 'qa[milvus]'"
 
