@@ -156,7 +156,7 @@ class Reranker:
         self.tokenizer = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(max_length=self.settings.max_tokens, strategy="longest_first")
-        self.session = inference_session(folder / GRAPH_FILE, spinning=False)
+        self.session = inference_session(folder / GRAPH_FILE)
         self.inputs = [i.name for i in self.session.get_inputs()]
 
     def read(self, question: str, sentences: Sequence[tuple[str, str]]) -> Reading:
