@@ -1,4 +1,5 @@
-"""Calibrate short answers: the confidence below which the reader gives no short answer (its settings.json).
+"""Calibrate short answers: the confidence below which the reader gives no short answer (its settings.json); with
+`--reader none`, the reranker's span head's.
 
 Every question of the SQuAD development set (4 articles, on their own index) and of the CNN conversations (each with
 its own history, on the 30 stories plus the 2,225 BBC stories) is answered with no threshold. Each short answer
@@ -25,6 +26,7 @@ from tqdm import tqdm
 from qa import build_index
 from qa.answers import answer
 from qa.evaluate import Question, exact_match, load_questions, token_f1
+from qa.reader import Reader, get_reader, reader_name
 from qa.reranker import MODELS_DIR, SETTINGS_FILE, get_reranker, reranker_name
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -46,10 +48,10 @@ class Scored:
     f1: float
 
 
-def score_set(questions: list[Question], index_dir: str, name: str, label: str) -> list[Scored]:
+def score_set(questions: list[Question], index_dir: str, models: dict[str, str], label: str) -> list[Scored]:
     scored = []
     for question in tqdm(questions, desc=label, unit="q"):
-        reply = answer(question.question, index_dir=index_dir, history=question.history, reranker=name)
+        reply = answer(question.question, index_dir=index_dir, history=question.history, **models)
         if reply.short is None:
             scored.append(Scored(question.answerable, 0.0, 0.0, 0.0))
             continue
@@ -97,27 +99,31 @@ def main() -> None:
     parser.add_argument("--shared", type=Path, default=SHARED, help="the shared folder with eval/ and corpora/")
     parser.add_argument("--news-index", type=Path, default=CACHE / "newsbbc" / "index", help="index of news/ and bbc/")
     parser.add_argument("--squad-index", type=Path, default=CACHE / "squad" / "index", help="index of the SQuAD dev articles")
-    parser.add_argument("--reranker", default=reranker_name(), help="the reader to calibrate (default: %(default)s)")
+    parser.add_argument("--reranker", default=reranker_name(), help="the reranker in use (default: %(default)s)")
+    parser.add_argument("--reader", default=reader_name(), help="the reader to calibrate, or none for the reranker's "
+                        "span head (default: %(default)s)")
     parser.add_argument("--report-only", action="store_true", help="report at the stored threshold and write nothing")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    reader = get_reranker(args.reranker)
-    if reader is None:
-        raise SystemExit("--reranker none gives no short answers: name a trained reader")
-    stored = reader.settings.short_answer_confidence
-    reader.settings = dataclasses.replace(reader.settings, short_answer_confidence=0.0)
+    model = get_reader(args.reader) or get_reranker(args.reranker)
+    if model is None:
+        raise SystemExit("--reader none --reranker none gives no short answers: name a trained reader")
+    setting = "confidence" if isinstance(model, Reader) else "short_answer_confidence"
+    stored = getattr(model.settings, setting)
+    model.settings = dataclasses.replace(model.settings, **{setting: 0.0})
+    models = {"reranker": args.reranker, "reader": args.reader}
     squad = score_set(load_questions(args.shared / "eval" / "squad" / "questions.jsonl"),
-                      index_of({"squad": args.shared / "eval" / "squad" / "articles"}, args.squad_index), args.reranker, "squad")
+                      index_of({"squad": args.shared / "eval" / "squad" / "articles"}, args.squad_index), models, "squad")
     news = score_set(load_questions(args.shared / "eval" / "news" / "questions.jsonl"),
                      index_of({"news": args.shared / "eval" / "news" / "articles", "bbc": args.shared / "corpora" / "bbc"},
                               args.news_index),
-                     args.reranker, "news")
+                     models, "news")
     threshold = stored if args.report_only else round(fitted_threshold(squad + news), 3)
     figures = {"threshold": threshold, "squad": report(squad, threshold), "news": report(news, threshold),
                "squad_without_threshold": report(squad, 0.0), "news_without_threshold": report(news, 0.0)}
     print(json.dumps(figures, indent=1))
     if not args.report_only:
-        path = MODELS_DIR / reader.name / SETTINGS_FILE
+        path = MODELS_DIR / model.name / SETTINGS_FILE
         settings = json.loads(path.read_text(encoding="utf-8"))
         settings[SETTING] = threshold
         settings["short_answer_calibration"] = figures

@@ -52,6 +52,7 @@ from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
+from training import run_schedule, schedule_and_resume
 
 from qa import build_index
 from qa.answers import read_question
@@ -286,29 +287,38 @@ def mine(work: Path, articles: dict, chosen: list[str], held_out: set[str]) -> l
     return found
 
 
-def span_examples(articles: dict, held_out: set[str]) -> list[SpanExample]:
+def span_examples(articles: dict, held_out: set[str], negative_share: float = 0.0) -> list[SpanExample]:
     """Every question of every article, shaped like a conversation's as in mining, with its answer's sentence as
-    qa splits the paragraph; questions whose answer crosses a sentence boundary are left out."""
+    qa splits the paragraph; questions whose answer crosses a sentence boundary are left out. With `negative_share`,
+    that share of questions also comes with another sentence of its paragraph, one without the answer (start and
+    end -1), drawn from a generator of its own so that the questions are those made without."""
     random.seed(SEED + 1)
+    others = random.Random(SEED + 2)
     made = []
     for title in tqdm(sorted(articles), desc="span examples", unit="article"):
         for context, rows in articles[title]:
             paragraph = Article(path="", text=context, sha256="", title=title, paragraphs=[(0, len(context))])
-            sentences = split_sentences(paragraph)
+            bounds = [(s.start, s.end) for s in split_sentences(paragraph)]
+            sentences = [context[first: last] for first, last in bounds]
             for turn, row in enumerate(rows):
                 history = earlier_turns(context, rows, turn)
                 question = shaped(row["question"].strip(), history)
                 start = row["answer_starts"][0]
                 end = start + len(row["answers"][0])
-                holder = next((s for s in sentences if s.start <= start and end <= s.end), None)
+                holder = next((i for i, (first, last) in enumerate(bounds) if first <= start and end <= last), None)
                 if holder is None:
                     continue
-                sentence = context[holder.start: holder.end]
+                sentence = sentences[holder]
                 if " ".join(sentence.split()) != sentence:
                     continue
-                made.append(SpanExample(question_text(question, conversation_context(history)), readable_title(title),
-                                        sentence, start - holder.start, end - holder.start, row["answers"],
-                                        title in held_out))
+                asked = question_text(question, conversation_context(history))
+                made.append(SpanExample(asked, readable_title(title), sentence, start - bounds[holder][0],
+                                        end - bounds[holder][0], row["answers"], title in held_out))
+                if others.random() < negative_share:
+                    without = [s for s in sentences if " ".join(s.split()) == s and not any(a in s for a in row["answers"])]
+                    if without:
+                        made.append(SpanExample(asked, readable_title(title), others.choice(without), -1, -1,
+                                                row["answers"], title in held_out))
     return made
 
 
@@ -439,20 +449,26 @@ def with_weights(model, weights: dict):
     return model
 
 
-def span_batch(tokens, examples: list[SpanExample]):
-    """Model inputs for (question, answer sentence) pairs, with each sentence's token mask and the answer's first
-    and last token (-100, ignored, where truncation cut the answer off)."""
+def span_batch(tokens, examples: list[SpanExample], null_token: int | None = None):
+    """Model inputs for (question, sentence) pairs, the tokens each may point at (the sentence's, and `null_token`
+    when the model can say that a sentence holds no answer), and the answer's first and last token: `null_token` for
+    an example without the answer (start < 0), -100 (ignored) where truncation cut the answer off."""
     import torch
 
     encodings = tokens.encode_batch([(e.question, passage_text(e.title, e.sentence)) for e in examples])
     feeds = {name: torch.from_numpy(values) for name, values in padded_feeds(encodings, INPUTS).items()}
-    width = feeds["input_ids"].shape[1]
-    allowed = torch.zeros((len(examples), width), dtype=torch.bool)
+    allowed = torch.zeros(feeds["input_ids"].shape, dtype=torch.bool)
+    if null_token is not None:
+        allowed[:, null_token] = True
     first, last = [], []
     for row, (encoding, example) in enumerate(zip(encodings, examples)):
         prefix = len(passage_prefix(example.title))
         mask = sentence_tokens(encoding, prefix)
-        allowed[row, : len(mask)] = torch.from_numpy(mask)
+        allowed[row, : len(mask)] |= torch.from_numpy(mask)
+        if example.start < 0 and null_token is not None:
+            first.append(null_token)
+            last.append(null_token)
+            continue
         inside = [i for i in np.flatnonzero(mask) if encoding.offsets[i][1] - prefix > example.start
                   and encoding.offsets[i][0] - prefix < example.end]
         covered = inside and encoding.offsets[inside[-1]][1] - prefix >= example.end
@@ -461,14 +477,19 @@ def span_batch(tokens, examples: list[SpanExample]):
     return feeds, allowed, torch.tensor(first), torch.tensor(last), encodings
 
 
-def span_loss(model, tokens, examples: list[SpanExample]):
-    """Cross-entropy of the answer's first and last token among the sentence's tokens."""
+def span_cross_entropy(start, end, allowed, first, last):
+    """Cross-entropy of the answer's first and last token among the tokens the model may point at."""
     import torch
 
-    feeds, allowed, first, last, _ = span_batch(tokens, examples)
-    _, start, end = model(**feeds)
     loss_fn = torch.nn.CrossEntropyLoss(ignore_index=-100)
     return (loss_fn(start.masked_fill(~allowed, -1e4), first) + loss_fn(end.masked_fill(~allowed, -1e4), last)) / 2
+
+
+def span_loss(model, tokens, examples: list[SpanExample]):
+    """Cross-entropy of the answer's first and last token among the sentence's tokens."""
+    feeds, allowed, first, last, _ = span_batch(tokens, examples)
+    _, start, end = model(**feeds)
+    return span_cross_entropy(start, end, allowed, first, last)
 
 
 def short_answers(model, tokens, examples: list[SpanExample]) -> list[str]:
@@ -587,73 +608,50 @@ def train(work: Path, training: list[Mined], held_out: list[Mined], minutes: flo
     optimizer = torch.optim.AdamW(trainable, lr=LEARNING_RATE, weight_decay=0.01)
     per_epoch = math.ceil(len(training) / GROUPS_PER_STEP)
     total = per_epoch * epochs
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / WARMUP_STEPS) * max(0.0, 1 - step / total)
-    )
     checkpoint = work / CHECKPOINT
-    step, log = 0, []
-    if resume and checkpoint.exists():
-        state = torch.load(checkpoint, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        step, log = state["step"], state["log"]
-        logger.info("resumed at step %d of %d", step, total)
+    schedule, step, log = schedule_and_resume(model, optimizer, WARMUP_STEPS, total, checkpoint, resume)
     evaluated = held_out[:EVAL_QUESTIONS]
 
-    def evaluate(label: str) -> None:
+    def evaluate(at: int, label: str) -> None:
         report = held_out_scores(evaluated, relevance(model, tokens, evaluated, max(DEPTHS)))
         best = max((k for k in report if k.startswith("blend")), key=report.get)
-        log.append({"step": step, "at": label, **report})
+        log.append({"step": at, "at": label, **report})
         logger.info("%s, step %d: held-out hit@3 linear %.3f, reranker@12 %.3f, best blend %s %.3f",
-                    label, step, report["linear"], report["reranker@12"], best, report[best])
+                    label, at, report["linear"], report["reranker@12"], best, report[best])
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                    "step": step, "log": log}, checkpoint)
+                    "step": at, "log": log}, checkpoint)
 
-    started = time.monotonic()
+    def epoch_batches(epoch: int) -> list[list[tuple[str, list[str]]]]:
+        order = groups(training, random.Random(SEED + epoch))
+        return [order[first: first + GROUPS_PER_STEP] for first in range(0, len(order), GROUPS_PER_STEP)]
+
+    def train_step(batch: list[tuple[str, list[str]]]) -> dict[str, str]:
+        width = min(len(passages) for _, passages in batch)
+        pairs = [(question, passage) for question, passages in batch for passage in passages[:width]]
+        scores = logits(model, tokens, pairs).reshape(len(batch), width)
+        loss = loss_fn(scores, torch.zeros(len(batch), dtype=torch.long))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+        return {"loss": f"{loss.item():.3f}"}
+
     loss_fn = torch.nn.CrossEntropyLoss()
     model.train()
-    with tqdm(total=total, initial=step, desc="training", unit="step") as bar:
-        while step < total:
-            epoch = step // per_epoch
-            order = groups(training, random.Random(SEED + epoch))
-            batch_start = (step % per_epoch) * GROUPS_PER_STEP
-            for first in range(batch_start, len(order), GROUPS_PER_STEP):
-                batch = order[first: first + GROUPS_PER_STEP]
-                width = min(len(passages) for _, passages in batch)
-                pairs = [(question, passage) for question, passages in batch for passage in passages[:width]]
-                scores = logits(model, tokens, pairs).reshape(len(batch), width)
-                loss = loss_fn(scores, torch.zeros(len(batch), dtype=torch.long))
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-                optimizer.step()
-                schedule.step()
-                optimizer.zero_grad()
-                step += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch + 1)
-                out_of_time = time.monotonic() - started > minutes * 60
-                if step % EVAL_EVERY == 0 or out_of_time or step == total:
-                    evaluate(f"epoch {epoch + 1}" if step % per_epoch == 0 else "checkpoint")
-                if out_of_time:
-                    logger.info("stopping after %.0f minutes (step %d of %d); --resume goes on", minutes, step, total)
-                    return model, tokens, log
-                if step % per_epoch == 0 or step == total:
-                    break
+    run_schedule(step, total, per_epoch, minutes, EVAL_EVERY, epoch_batches, train_step, evaluate)
     return model, tokens, log
 
 
 # ---------------------------------------------------------------------------------------------------- export
 
 
-def export(model, tokens, held_out: list[Mined], spans: list[SpanExample], logs: dict[str, list[dict]], trained_on: dict) -> dict:
-    """The model as an int8 ONNX graph with its tokenizer and settings, in qa/models/DEFAULT_RERANKER."""
+def export_int8(model, tokens, target: Path, outputs: list[str], output_axes: dict) -> Path:
+    """`model` as an int8 ONNX graph with the base model's tokenizer, in a staging folder beside `target` (returned),
+    to be scored and then moved into place."""
     import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from qa.reranker import Reranker
-
-    target = MODELS_DIR / DEFAULT_RERANKER
     staging = target.with_name(target.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -664,16 +662,25 @@ def export(model, tokens, held_out: list[Mined], spans: list[SpanExample], logs:
     with torch.no_grad():
         torch.onnx.export(
             model, tuple(torch.from_numpy(example[n]) for n in names), str(float_file), input_names=names,
-            output_names=["relevance", "start", "end"],
-            dynamic_axes={n: {0: "batch", 1: "tokens"} for n in [*names, "start", "end"]} | {"relevance": {0: "batch"}},
+            output_names=outputs, dynamic_axes={n: {0: "batch", 1: "tokens"} for n in names} | output_axes,
             opset_version=17, dynamo=False,
         )
     # int8 for every MatMul and for the word-embedding table (Gather): without the table the file is 4x larger.
-    # (--export-only on a relevance-stage checkpoint exports its span head untrained: run the span stage first.)
     quantize_dynamic(str(float_file), str(staging / GRAPH_FILE), weight_type=QuantType.QInt8, per_channel=True,
                      op_types_to_quantize=["MatMul", "Gather"])
     float_file.unlink()
     shutil.copy(Path(base_model_path()) / TOKENIZER_FILE, staging / TOKENIZER_FILE)
+    return staging
+
+
+def export(model, tokens, held_out: list[Mined], spans: list[SpanExample], logs: dict[str, list[dict]], trained_on: dict) -> dict:
+    """The model as an int8 ONNX graph with its tokenizer and settings, in qa/models/DEFAULT_RERANKER."""
+    from qa.reranker import Reranker
+
+    target = MODELS_DIR / DEFAULT_RERANKER
+    # (--export-only on a relevance-stage checkpoint exports its span head untrained: run the span stage first.)
+    staging = export_int8(model, tokens, target, ["relevance", "start", "end"],
+                          {"relevance": {0: "batch"}, "start": {0: "batch", 1: "tokens"}, "end": {0: "batch", 1: "tokens"}})
     # Choose the depth and weight on the held-out questions, with the exported int8 graph.
     (staging / SETTINGS_FILE).write_text(json.dumps({"max_tokens": QUESTION_TIME_TOKENS, "depth": max(DEPTHS),
                                                     "weight": 1.0, "quote_margin": QUOTE_MARGIN}))

@@ -16,7 +16,8 @@ import numpy as np
 from . import config
 from .articles import page_source, text_of
 from .followup import QUOTATION_MARKS, EarlierTurn, content_words, read_conversation
-from .reranker import NO_RERANKER, conversation_context, get_reranker
+from .reader import Reader, get_reader
+from .reranker import NO_RERANKER, AnswerSpan, Reranker, conversation_context, get_reranker, question_text
 from .retrieval import LoadedIndex, Query, RankedSentence, learned, load_index
 from .scope import Scope
 from .spans import QuotedSentence, ShortAnswer, short_answer
@@ -117,6 +118,7 @@ def answer(
     history: Sequence[Turn] | None = None,
     where: Mapping | None = None,
     reranker: str | None = None,
+    reader: str | None = None,
 ) -> Answer:
     """Answer `question` from the articles in the index, with up to `top_k` cited quotes.
 
@@ -134,7 +136,9 @@ def answer(
     scope answers, the answer says "The articles in this scope do not say".
 
     `reranker` names the cross-encoder that reads the best candidate sentences against the question (else
-    $QA_RERANKER, else the shipped one); "none" ranks with the linear ranker alone.
+    $QA_RERANKER, else the shipped one); "none" ranks with the linear ranker alone. `reader` names the model that
+    points at the short answer inside the quotes (else $QA_READER, else the shipped one); "none" leaves it to the
+    reranker's span head, and gives none without a reranker.
     """
     question = validate_question(question)
     if not 1 <= top_k <= 10:
@@ -142,17 +146,34 @@ def answer(
     index = load_index(index_dir, store)
     scope = Scope.of(where, index.articles_dir)
     abstention = ABSTAIN_TEXT if scope is None else ABSTAIN_SCOPED_TEXT
-    reader = get_reranker(reranker)
+    cross_encoder = get_reranker(reranker)
     query = read_question(index, question, history)
-    ranked = index.rank(query, scope, reranker=reader)
-    if not ranked or _off_topic(index, query, ranked[0], reader.name if reader else NO_RERANKER):
+    ranked = index.rank(query, scope, reranker=cross_encoder)
+    if not ranked or _off_topic(index, query, ranked[0], cross_encoder.name if cross_encoder else NO_RERANKER):
         return Answer(question=question, text=abstention, abstained=True)
-    citations, quoted = _cite(index, _select(ranked, top_k, reader.settings.quote_margin if reader else QUOTE_SCORE_MARGIN))
+    margin = cross_encoder.settings.quote_margin if cross_encoder else QUOTE_SCORE_MARGIN
+    citations, quoted = _cite(index, _select(ranked, top_k, margin))
     if not citations:
         return Answer(question=question, text=abstention, abstained=True)
-    confidence = reader.settings.short_answer_confidence if reader else None
-    short = None if confidence is None else short_answer(question, ranked, quoted, confidence)
+    short = _short_answer(index, query, ranked, quoted, cross_encoder, get_reader(reader))
     return Answer(question=question, text=_compose(citations), citations=citations, short=short)
+
+
+def _short_answer(index: LoadedIndex, query: Query, ranked: list[RankedSentence], quoted: list[QuotedSentence],
+                  cross_encoder: Reranker | None, reader: Reader | None) -> ShortAnswer | None:
+    """The short answer inside the quotes: as the span reader reads them when there is one, else as the reranker's
+    span head read them; None when neither has a calibrated confidence."""
+    if reader is not None and reader.settings.confidence is not None:
+        question = question_text(query.asked, query.context)
+
+        def read(quote: QuotedSentence) -> AnswerSpan | None:
+            return reader.read(question, [(index.reader.article(quote.sentence.article).title, quote.sentence.text)])[0]
+
+        return short_answer(query.asked, ranked, quoted, read, reader.settings.confidence)
+    if cross_encoder is not None and cross_encoder.settings.short_answer_confidence is not None:
+        return short_answer(query.asked, ranked, quoted, lambda quote: quote.sentence.answer_span,
+                            cross_encoder.settings.short_answer_confidence)
+    return None
 
 
 def read_question(index: LoadedIndex, question: str, history: Sequence[Turn] | None) -> Query:

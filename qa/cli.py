@@ -30,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
             from .reranker import RERANKER_ENV, reranker_name
 
             os.environ[RERANKER_ENV] = reranker_name(args.reranker)  # every answer of this process, the chat's too
+        if getattr(args, "reader", None):
+            from .reader import READER_ENV, reader_name
+
+            os.environ[READER_ENV] = reader_name(args.reader)
         return args.run(args)
     except KeyboardInterrupt:
         print("interrupted; the previous index is unchanged", file=sys.stderr)
@@ -72,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_index(ask)
     ask.add_argument("--top-k", type=int, default=config.MAX_QUOTES, help="most quotes in an answer (default: %(default)s)")
     _add_scope(ask)
-    _add_reranker(ask)
+    _add_models(ask)
     ask.set_defaults(run=_ask)
 
     evaluate = commands.add_parser("eval", help="score a question set", description="Score answers on a JSON-lines question set.")
@@ -81,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_scope(evaluate)
     evaluate.add_argument("--self-history", action="store_true", help="ask each conversation in order, with qa's own earlier answers as its history")
     evaluate.add_argument("--show-misses", action="store_true", help="list the ids of questions that missed")
-    _add_reranker(evaluate)
+    _add_models(evaluate)
     evaluate.set_defaults(run=_eval)
 
     serve = commands.add_parser("serve", help="start the web chat", description="Start the web chat.")
@@ -92,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--auth", default=os.environ.get("QA_AUTH"), help="USER:PASSWORD login for the chat (default: $QA_AUTH)")
     serve.add_argument("--no-watch", action="store_true", help="update the index on start only, not on every change to the folder")
     _add_feeds_every(serve)
-    _add_reranker(serve)
+    _add_models(serve)
     serve.set_defaults(run=_serve)
 
     add = commands.add_parser(
@@ -145,12 +149,17 @@ def _add_index(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_reranker(parser: argparse.ArgumentParser) -> None:
+def _add_models(parser: argparse.ArgumentParser) -> None:
+    from .reader import DEFAULT_READER, NO_READER, READER_ENV
     from .reranker import DEFAULT_RERANKER, NO_RERANKER, RERANKER_ENV
 
     parser.add_argument(
         "--reranker", help=f"the cross-encoder that reads the best sentences against the question, or {NO_RERANKER} for "
         f"the linear ranker alone (default: ${RERANKER_ENV} or {DEFAULT_RERANKER})",
+    )
+    parser.add_argument(
+        "--reader", help=f"the model that points at the short answer inside the quotes, or {NO_READER} to leave it to "
+        f"the reranker (default: ${READER_ENV} or {DEFAULT_READER})",
     )
 
 

@@ -109,12 +109,18 @@ def sentence_tokens(encoding, prefix_chars: int) -> np.ndarray:
                      for sequence, (begin, end) in zip(encoding.sequence_ids, encoding.offsets)], dtype=bool)
 
 
-def best_span(start_logits: np.ndarray, end_logits: np.ndarray, allowed: np.ndarray) -> tuple[int, int, float]:
+def best_span(start_logits: np.ndarray, end_logits: np.ndarray, allowed: np.ndarray,
+              null_token: int | None = None) -> tuple[int, int, float]:
     """The most probable (first token, last token) of a span over the `allowed` tokens, at most MAX_SPAN_TOKENS long,
-    and its probability (start and end each a softmax over the allowed tokens); (-1, -1, 0.0) when none is allowed."""
+    and its probability (start and end each a softmax over the allowed tokens, and over `null_token` too when the
+    model can say that the passage holds no answer); (-1, -1, 0.0) when none is allowed."""
     if not allowed.any():
         return -1, -1, 0.0
-    start_p, end_p = _softmax_over(start_logits, allowed), _softmax_over(end_logits, allowed)
+    over = allowed.copy()
+    if null_token is not None:
+        over[null_token] = True
+    start_p, end_p = _softmax_over(start_logits, over), _softmax_over(end_logits, over)
+    start_p, end_p = np.where(allowed, start_p, 0.0), np.where(allowed, end_p, 0.0)
     joint = np.triu(np.tril(np.outer(start_p, end_p), MAX_SPAN_TOKENS - 1))
     first, last = np.unravel_index(int(np.argmax(joint)), joint.shape)
     return int(first), int(last), float(joint[first, last])
@@ -124,6 +130,19 @@ def _softmax_over(logits: np.ndarray, allowed: np.ndarray) -> np.ndarray:
     shifted = np.where(allowed, logits - logits[allowed].max(), -np.inf)
     weights = np.exp(shifted)
     return weights / weights.sum()
+
+
+def span_in(encoding, passage: str, prefix: int, start_logits, end_logits, null_token: int | None) -> AnswerSpan | None:
+    """The short answer a span head's logits point at in the sentence of `passage` (after its `prefix` characters of
+    title), widened to whole words; None when there is no room for one."""
+    width = len(encoding.ids)
+    first, last, probability = best_span(start_logits[:width], end_logits[:width], sentence_tokens(encoding, prefix),
+                                         null_token)
+    if first < 0:
+        return None
+    sentence = passage[prefix:]
+    start, end = word_span(sentence, encoding.offsets[first][0] - prefix, encoding.offsets[last][1] - prefix)
+    return AnswerSpan(start, end, probability) if start < end else None
 
 
 def word_span(sentence: str, start: int, end: int) -> tuple[int, int]:
@@ -139,13 +158,23 @@ def word_span(sentence: str, start: int, end: int) -> tuple[int, int]:
     return start, end
 
 
+def pair_model(folder: Path, max_tokens: int):
+    """A model folder's tokenizer (pairs cut to `max_tokens`, the longer text first, no padding), its ONNX Runtime
+    session and the graph's input names."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length=max_tokens, strategy="longest_first")
+    session = inference_session(folder / GRAPH_FILE)
+    return tokenizer, session, [i.name for i in session.get_inputs()]
+
+
 class Reranker:
     """A cross-encoder exported to ONNX (int8) with its tokenizer: relevance logits for (question, passage) pairs,
     without PyTorch."""
 
     def __init__(self, folder: Path):
-        from tokenizers import Tokenizer
-
         stored = json.loads((folder / SETTINGS_FILE).read_text(encoding="utf-8"))
         self.name = folder.name
         confidence = stored.get("short_answer_confidence")
@@ -153,11 +182,7 @@ class Reranker:
             int(stored["max_tokens"]), int(stored["depth"]), float(stored["weight"]), float(stored["quote_margin"]),
             None if confidence is None else float(confidence),
         )
-        self.tokenizer = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
-        self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(max_length=self.settings.max_tokens, strategy="longest_first")
-        self.session = inference_session(folder / GRAPH_FILE)
-        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.tokenizer, self.session, self.inputs = pair_model(folder, self.settings.max_tokens)
 
     def read(self, question: str, sentences: Sequence[tuple[str, str]]) -> Reading:
         """Read each (title, sentence) against the question: the relevance logits (higher: more likely to answer)
@@ -171,18 +196,8 @@ class Reranker:
         relevance = outputs[0].reshape(-1)
         if len(outputs) < 3:
             return Reading(relevance, [None] * len(sentences))
-        spans = []
-        for row, (encoding, passage, (title, _)) in enumerate(zip(encodings, passages, sentences)):
-            prefix = len(passage_prefix(title))
-            width = len(encoding.ids)
-            first, last, probability = best_span(outputs[1][row, :width], outputs[2][row, :width],
-                                                 sentence_tokens(encoding, prefix))
-            if first < 0:
-                spans.append(None)
-                continue
-            sentence = passage[prefix:]
-            start, end = word_span(sentence, encoding.offsets[first][0] - prefix, encoding.offsets[last][1] - prefix)
-            spans.append(AnswerSpan(start, end, probability) if start < end else None)
+        spans = [span_in(encoding, passage, len(passage_prefix(title)), outputs[1][row], outputs[2][row], None)
+                 for row, (encoding, passage, (title, _)) in enumerate(zip(encodings, passages, sentences))]
         return Reading(relevance, spans)
 
 

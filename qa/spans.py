@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from .reranker import AnswerSpan
 from .retrieval import RankedSentence
 
 NO_SPAN_QUESTION = re.compile(
@@ -47,32 +48,39 @@ def expects_span(question: str) -> bool:
 
 
 def short_answer(question: str, ranked: Sequence[RankedSentence], quoted: Sequence[QuotedSentence],
-                 minimum: float) -> ShortAnswer | None:
+                 read: Callable[[QuotedSentence], AnswerSpan | None], minimum: float) -> ShortAnswer | None:
     """The most likely short answer in the quoted sentences, or None when the question wants none or its confidence
     (the chance that its sentence answers, a softmax of the ranked sentences' scores, times the span's chance within
-    it) is below `minimum`."""
-    if not quoted or not expects_span(question) or all(s.answer_span is None for s in ranked):
+    it) is below `minimum`. `read` gives the span in a quoted sentence (or None). The sentences are
+    read most likely first, and only while one could still give the best answer: a span's
+    confidence is at most its sentence's chance, so sentences whose chance is below `minimum` or below the best
+    confidence so far are not read."""
+    if not expects_span(question):
         return None
     chances = _softmax(np.array([s.score for s in ranked], dtype=np.float64))
     chance_of = {s.id: float(p) for s, p in zip(ranked, chances)}
-    scored = [(chance_of.get(q.sentence.id, 0.0) * q.sentence.answer_span.probability, q)
-              for q in quoted if q.sentence.answer_span is not None]
-    if not scored:
+    best: tuple[float, QuotedSentence, AnswerSpan] | None = None
+    for quote in sorted(quoted, key=lambda q: -chance_of.get(q.sentence.id, 0.0)):
+        chance = chance_of.get(quote.sentence.id, 0.0)
+        if chance < max(minimum, best[0] if best else 0.0):
+            break
+        span = read(quote)
+        if span is not None and (best is None or chance * span.probability > best[0]):
+            best = (chance * span.probability, quote, span)
+    if best is None or best[0] < minimum:
         return None
-    confidence, best = max(scored, key=lambda pair: pair[0])
-    if confidence < minimum:
-        return None
-    placed = _in_article(best)
+    confidence, quote, span = best
+    placed = _in_article(quote, span)
     if placed is None:
         return None
     start, end = placed
-    return ShortAnswer(best.article_text[start:end], best.path, start, end, round(confidence, 4))
+    return ShortAnswer(quote.article_text[start:end], quote.path, start, end, round(confidence, 4))
 
 
-def _in_article(quoted: QuotedSentence) -> tuple[int, int] | None:
+def _in_article(quoted: QuotedSentence, span: AnswerSpan) -> tuple[int, int] | None:
     """The span's offsets in the article, from its offsets in the sentence as indexed (white space folded), or None
     when the article's sentence does not fold to the indexed one."""
-    sentence, span = quoted.sentence, quoted.sentence.answer_span
+    sentence = quoted.sentence
     original = quoted.article_text[sentence.start : sentence.end]
     positions = folded_positions(original)
     if "".join(original[i] if not original[i].isspace() else " " for i in positions) != sentence.text:

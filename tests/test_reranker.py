@@ -1,6 +1,7 @@
-"""The trained reader, as a user meets it: shipped with qa, used by default, answering questions worded unlike
-their answer, still abstaining off topic, switched off with "none" to give the linear ranker's answers; and its
-short answers: a few exact words inside a verified quote, first in `qa ask`, never on an abstention."""
+"""The trained models, as a user meets them: the reranker shipped with qa, used by default, answering questions
+worded unlike their answer, still abstaining off topic, switched off with "none" to give the linear ranker's answers;
+and the span reader's short answers: a few exact words inside a verified quote, first in `qa ask`, never on an
+abstention, given after either ranking, and none with `--reader none --reranker none`."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import qa
 from qa.answers import read_question
 from qa.articles import article_text
 from qa.evaluate import citation_is_intact, is_hit, load_questions, short_is_intact
+from qa.reader import DEFAULT_READER, reader_name
 from qa.reranker import DEFAULT_RERANKER, MODELS_DIR, get_reranker, reranker_name
 from qa.retrieval import load_index
 
@@ -41,10 +43,10 @@ def seeds_index(tmp_path_factory) -> str:
     return str(index_dir)
 
 
-def test_the_reranker_ships_with_the_package_and_is_used(squad_index):
-    assert reranker_name() == DEFAULT_RERANKER
-    folder = MODELS_DIR / DEFAULT_RERANKER
-    assert sum(f.stat().st_size for f in folder.iterdir()) < 25_000_000
+def test_the_models_ship_with_the_package_and_are_used(squad_index):
+    assert reranker_name() == DEFAULT_RERANKER and reader_name() == DEFAULT_READER
+    for name in (DEFAULT_RERANKER, DEFAULT_READER):
+        assert sum(f.stat().st_size for f in (MODELS_DIR / name).iterdir()) < 25_000_000
     reranker = get_reranker()
     index = load_index(squad_index)
     ranked = index.rank(read_question(index, "When did Kenya become independent?", None), reranker=reranker)
@@ -81,13 +83,14 @@ def test_off_topic_questions_still_abstain_and_every_quote_is_intact(seeds_index
             assert reply.abstained and not reply.citations
 
 
-def test_an_unknown_reranker_is_a_one_line_error(seeds_index):
+@pytest.mark.parametrize("option, unknown", [("--reranker", "unknown reranker 'bert-xl'"), ("--reader", "unknown reader 'bert-xl'")])
+def test_an_unknown_model_is_a_one_line_error(seeds_index, option, unknown):
     done = subprocess.run(
-        [sys.executable, "-m", "qa.cli", "ask", "Where did they meet?", "--index", seeds_index, "--reranker", "bert-xl"],
+        [sys.executable, "-m", "qa.cli", "ask", "Where did they meet?", "--index", seeds_index, option, "bert-xl"],
         capture_output=True, text=True,
     )
     assert done.returncode == 2
-    assert done.stderr.strip().count("\n") == 0 and "unknown reranker 'bert-xl'" in done.stderr
+    assert done.stderr.strip().count("\n") == 0 and unknown in done.stderr
     assert "none" in done.stderr
 
 
@@ -99,7 +102,9 @@ def test_a_short_answer_is_a_few_exact_words_inside_a_verified_quote(squad_index
     holder = reply.citations[reply.short_citation - 1]
     assert holder.start <= short.start < short.end <= holder.end and short_is_intact(reply)
     assert 0 < short.confidence <= 1
-    assert qa.answer("When did Kenya become independent?", index_dir=squad_index, reranker="none").short is None
+    linear = qa.answer("When did Kenya become independent?", index_dir=squad_index, reranker="none").short
+    assert linear is not None and "1963" in linear.text, "the reader reads the linear ranker's quotes too"
+    assert qa.answer("When did Kenya become independent?", index_dir=squad_index, reranker="none", reader="none").short is None
 
 
 def test_no_short_answer_on_an_abstention_or_a_question_few_words_cannot_answer(seeds_index):

@@ -1,0 +1,80 @@
+"""The short-answer reader: a six-layer cross-encoder that points at the words of a quoted sentence that answer the
+question, or says that the sentence holds none, on ONNX Runtime (trained by bench/train_reader.py)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .embeddings import padded_feeds
+from .reranker import MODELS_DIR, SETTINGS_FILE, AnswerSpan, pair_model, passage_prefix, passage_text, span_in
+
+logger = logging.getLogger(__name__)
+
+READER_ENV = "QA_READER"
+DEFAULT_READER = "minilm-l6-reader"
+"""The shipped model: all six layers of all-MiniLM-L6-v2, trained on SQuAD v1.1 train to point at short answers."""
+NO_READER = "none"
+NULL_TOKEN = 0
+"""The token ([CLS]) the reader points at when a sentence holds no answer."""
+
+
+@dataclass(frozen=True)
+class ReaderSettings:
+    """How the reader is used: pairs are cut to `max_tokens`; a short answer is given only at `confidence` or above
+    (None: not calibrated yet, so none is given)."""
+
+    max_tokens: int
+    confidence: float | None = None
+
+
+def reader_name(value: str | None = None) -> str:
+    """The reader to use: the argument, else $QA_READER, else the shipped model; "none" gives no short answers."""
+    name = (value or os.environ.get(READER_ENV) or DEFAULT_READER).strip().lower()
+    if name != NO_READER and not (MODELS_DIR / name / SETTINGS_FILE).exists():
+        raise ValueError(f"unknown reader {name!r} (${READER_ENV}): choose {DEFAULT_READER} or {NO_READER}")
+    return name
+
+
+class Reader:
+    """A span reader exported to ONNX (int8) with its tokenizer: where the short answer stands in each sentence,
+    without PyTorch."""
+
+    def __init__(self, folder: Path):
+        stored = json.loads((folder / SETTINGS_FILE).read_text(encoding="utf-8"))
+        self.name = folder.name
+        confidence = stored.get("short_answer_confidence")
+        self.settings = ReaderSettings(int(stored["max_tokens"]), None if confidence is None else float(confidence))
+        self.tokenizer, self.session, self.inputs = pair_model(folder, self.settings.max_tokens)
+
+    def read(self, question: str, sentences: Sequence[tuple[str, str]]) -> list[AnswerSpan | None]:
+        """For each (title, sentence), the short answer in the sentence (offsets into it with its runs of white space
+        folded, as the index keeps it) and its probability, which is low when the reader finds no answer there."""
+        if not sentences:
+            return []
+        passages = [passage_text(title, text) for title, text in sentences]
+        encodings = self.tokenizer.encode_batch([(question, passage) for passage in passages])
+        start_logits, end_logits = self.session.run(None, padded_feeds(encodings, self.inputs))
+        return [
+            span_in(encoding, passage, len(passage_prefix(title)), start_logits[row], end_logits[row], NULL_TOKEN)
+            for row, (encoding, passage, (title, _)) in enumerate(zip(encodings, passages, sentences))
+        ]
+
+
+_lock = threading.Lock()
+_readers: dict[str, Reader | None] = {}
+
+
+def get_reader(name: str | None = None) -> Reader | None:
+    """The process-wide reader of that name (see reader_name), or None for "none"."""
+    name = reader_name(name)
+    with _lock:
+        if name not in _readers:
+            _readers[name] = None if name == NO_READER else Reader(MODELS_DIR / name)
+            logger.info("reader: %s", name)
+        return _readers[name]
