@@ -4,11 +4,11 @@ site (tests/newsroom.py); pages are then quoted with their URLs, and unsafe or b
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 import pytest
 from newsroom import HUGE_PAGE_MB, Newsroom, Story, serve
+from test_watch import _answer_within
 from test_web import BUILD_MS, _browser_tab, _press_and_wait, _serving, browser  # noqa: F401  (a fixture)
 
 import qa
@@ -224,12 +224,7 @@ def test_serve_follows_feeds_by_itself(newsroom: Newsroom, tmp_path: Path, capsy
         newsroom.feeds["/served.rss"] = ("rss", ["bridge", "orchard"])
         client = Client(site["url"], verbose=False)
         question, expected = QUESTIONS["orchard"]
-        deadline = time.monotonic() + FOLLOW_SECONDS
-        reply = ""
-        while expected not in reply and time.monotonic() < deadline:
-            _, messages, *_ = client.predict(question, [], api_name="/ask_question")
-            reply = messages[-1]["content"][0]["text"] if messages else ""
-            time.sleep(1)
+        reply = _answer_within(client, question, expected, FOLLOW_SECONDS)
         assert expected in reply, f"not quoted within {FOLLOW_SECONDS} s: {reply}"
         assert "open the original" in reply and newsroom.url("/news/orchard") in reply, reply
 

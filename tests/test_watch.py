@@ -32,8 +32,9 @@ def _free_port() -> int:
 
 
 def _ask(client, question: str) -> str:
+    """The chat's reply in a new conversation, as its reader reads it: without the bold marks around the short answer."""
     _, messages, *_ = client.predict(question, [], api_name="/ask_question")
-    return messages[-1]["content"][0]["text"] if messages else ""
+    return messages[-1]["content"][0]["text"].replace("**", "") if messages else ""
 
 
 def _answer_within(client, question: str, expected: str, seconds: float) -> str:
