@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .embeddings import padded_feeds
-from .reranker import MODELS_DIR, SETTINGS_FILE, AnswerSpan, pair_model, passage_prefix, passage_text, span_in
+from .reranker import MODELS_DIR, SETTINGS_FILE, AnswerSpan, pair_model, passage_text, spans_in
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +60,7 @@ class Reader:
         passages = [passage_text(title, text) for title, text in sentences]
         encodings = self.tokenizer.encode_batch([(question, passage) for passage in passages])
         start_logits, end_logits = self.session.run(None, padded_feeds(encodings, self.inputs))
-        return [
-            span_in(encoding, passage, len(passage_prefix(title)), start_logits[row], end_logits[row], NULL_TOKEN)
-            for row, (encoding, passage, (title, _)) in enumerate(zip(encodings, passages, sentences))
-        ]
+        return spans_in(encodings, passages, [title for title, _ in sentences], start_logits, end_logits, NULL_TOKEN)
 
 
 _lock = threading.Lock()

@@ -145,6 +145,13 @@ def span_in(encoding, passage: str, prefix: int, start_logits, end_logits, null_
     return AnswerSpan(start, end, probability) if start < end else None
 
 
+def spans_in(encodings, passages: Sequence[str], titles: Sequence[str], start_logits, end_logits,
+             null_token: int | None) -> list[AnswerSpan | None]:
+    """span_in for each row of a batch of (question, title and sentence) pairs."""
+    return [span_in(encoding, passage, len(passage_prefix(title)), start_logits[row], end_logits[row], null_token)
+            for row, (encoding, passage, title) in enumerate(zip(encodings, passages, titles))]
+
+
 def word_span(sentence: str, start: int, end: int) -> tuple[int, int]:
     """(start, end) widened to whole words of `sentence`, and trimmed of surrounding punctuation and space."""
     while start > 0 and sentence[start - 1].isalnum():
@@ -196,8 +203,7 @@ class Reranker:
         relevance = outputs[0].reshape(-1)
         if len(outputs) < 3:
             return Reading(relevance, [None] * len(sentences))
-        spans = [span_in(encoding, passage, len(passage_prefix(title)), outputs[1][row], outputs[2][row], None)
-                 for row, (encoding, passage, (title, _)) in enumerate(zip(encodings, passages, sentences))]
+        spans = spans_in(encodings, passages, [title for title, _ in sentences], outputs[1], outputs[2], None)
         return Reading(relevance, spans)
 
 
