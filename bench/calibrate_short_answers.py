@@ -26,7 +26,7 @@ from tqdm import tqdm
 from qa import build_index
 from qa.answers import answer
 from qa.evaluate import Question, exact_match, load_questions, token_f1
-from qa.reader import Reader, get_reader, reader_name
+from qa.reader import get_reader, reader_name
 from qa.reranker import MODELS_DIR, SETTINGS_FILE, get_reranker, reranker_name
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -108,9 +108,8 @@ def main() -> None:
     model = get_reader(args.reader) or get_reranker(args.reranker)
     if model is None:
         raise SystemExit("--reader none --reranker none gives no short answers: name a trained reader")
-    setting = "confidence" if isinstance(model, Reader) else "short_answer_confidence"
-    stored = getattr(model.settings, setting)
-    model.settings = dataclasses.replace(model.settings, **{setting: 0.0})
+    stored = model.settings.short_answer_confidence
+    model.settings = dataclasses.replace(model.settings, short_answer_confidence=0.0)
     models = {"reranker": args.reranker, "reader": args.reader}
     squad = score_set(load_questions(args.shared / "eval" / "squad" / "questions.jsonl"),
                       index_of({"squad": args.shared / "eval" / "squad" / "articles"}, args.squad_index), models, "squad")

@@ -63,8 +63,8 @@ def main() -> None:
 
 
 def write_archive(count: int, out: Path) -> list[Path]:
-    """Write the archive's first `count` articles into `out`; their paths, in order (the first N of any larger
-    archive are the same N articles)."""
+    """Write the archive's first `count` articles into `out`, and remove any article of a larger archive written there
+    before; their paths, in order (the first N of any larger archive are the same N articles)."""
     pools, lengths = bbc_sentences()
     categories = sorted(pools)
     rng = random.Random(SEED)
@@ -77,6 +77,9 @@ def write_archive(count: int, out: Path) -> list[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(article_text(sentences, day), encoding="utf-8")
         paths.append(path)
+    kept = set(paths)
+    for beyond in [path for path in out.rglob("*.txt") if path not in kept]:
+        beyond.unlink()
     return paths
 
 

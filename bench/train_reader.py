@@ -40,8 +40,8 @@ from train_reranker import (  # bench/ is on the path as a script
 )
 
 from qa.config import PACKAGED_MODEL
-from qa.reader import DEFAULT_READER, NULL_TOKEN, Reader
-from qa.reranker import MODELS_DIR, SETTINGS_FILE, passage_prefix, passage_text, span_in
+from qa.reader import DEFAULT_READER, NULL_TOKEN, READER, Reader
+from qa.reranker import KIND_KEY, MODELS_DIR, SETTINGS_FILE, passage_prefix, passage_text, span_in
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = Path.home() / ".cache" / "qa-bench" / "reader"
@@ -183,11 +183,11 @@ def export(model, tokens, held_out: list[SpanExample], log: list[dict], trained_
     target = MODELS_DIR / DEFAULT_READER
     staging = export_int8(model, tokens, target, ["start", "end"], {"start": {0: "batch", 1: "tokens"},
                                                                    "end": {0: "batch", 1: "tokens"}})
-    (staging / SETTINGS_FILE).write_text(json.dumps({"max_tokens": QUESTION_TIME_TOKENS}))
+    (staging / SETTINGS_FILE).write_text(json.dumps({KIND_KEY: READER, "max_tokens": QUESTION_TIME_TOKENS}))
     exported = Reader(staging)
     found = [exported.read(e.question, [(e.title, e.sentence)])[0] for e in tqdm(held_out, desc="scoring the export")]
     report = held_out_scores(held_out, found)
-    settings = {"max_tokens": QUESTION_TIME_TOKENS, "layers": 6, "base": PACKAGED_MODEL, "trained_on": trained_on,
+    settings = {KIND_KEY: READER, "max_tokens": QUESTION_TIME_TOKENS, "layers": 6, "base": PACKAGED_MODEL, "trained_on": trained_on,
                 "held_out_int8": report}
     (staging / SETTINGS_FILE).write_text(json.dumps(settings, indent=1))
     shutil.rmtree(target, ignore_errors=True)

@@ -62,7 +62,7 @@ from qa.config import PACKAGED_MODEL
 from qa.embeddings import padded_feeds, token_feeds
 from qa.evaluate import exact_match, token_f1
 from qa.reranker import (
-    DEFAULT_RERANKER, GRAPH_FILE, MODELS_DIR, SETTINGS_FILE, TOKENIZER_FILE, best_span, conversation_context,
+    DEFAULT_RERANKER, GRAPH_FILE, KIND_KEY, MODELS_DIR, RERANKER, SETTINGS_FILE, TOKENIZER_FILE, best_span, conversation_context,
     passage_prefix, passage_text, question_text, sentence_tokens, word_span,
 )
 from qa.retrieval import load_index
@@ -682,7 +682,7 @@ def export(model, tokens, held_out: list[Mined], spans: list[SpanExample], logs:
     staging = export_int8(model, tokens, target, ["relevance", "start", "end"],
                           {"relevance": {0: "batch"}, "start": {0: "batch", 1: "tokens"}, "end": {0: "batch", 1: "tokens"}})
     # Choose the depth and weight on the held-out questions, with the exported int8 graph.
-    (staging / SETTINGS_FILE).write_text(json.dumps({"max_tokens": QUESTION_TIME_TOKENS, "depth": max(DEPTHS),
+    (staging / SETTINGS_FILE).write_text(json.dumps({KIND_KEY: RERANKER, "max_tokens": QUESTION_TIME_TOKENS, "depth": max(DEPTHS),
                                                     "weight": 1.0, "quote_margin": QUOTE_MARGIN}))
     exported = Reranker(staging)
     ce = [exported.read(question_text(i.question, i.context), [passage_parts(i.passages[j]) for j in first_stage(i)[: max(DEPTHS)]]).relevance
@@ -692,7 +692,7 @@ def export(model, tokens, held_out: list[Mined], spans: list[SpanExample], logs:
     span_report = span_scores(spans, [e.sentence[r.start: r.end] if r else "" for e, r in zip(spans, readings)])
     depth = QUESTION_TIME_DEPTH
     weight = blend_weight(report, depth)
-    settings = {"max_tokens": QUESTION_TIME_TOKENS, "depth": depth, "weight": weight, "quote_margin": QUOTE_MARGIN, "layers": LAYERS,
+    settings = {KIND_KEY: RERANKER, "max_tokens": QUESTION_TIME_TOKENS, "depth": depth, "weight": weight, "quote_margin": QUOTE_MARGIN, "layers": LAYERS,
                 "base": PACKAGED_MODEL, "trained_on": trained_on, "held_out_int8": report,
                 "held_out_short_answers_int8": span_report}
     (staging / SETTINGS_FILE).write_text(json.dumps(settings, indent=1))

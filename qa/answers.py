@@ -163,13 +163,13 @@ def _short_answer(index: LoadedIndex, query: Query, ranked: list[RankedSentence]
                   cross_encoder: Reranker | None, reader: Reader | None) -> ShortAnswer | None:
     """The short answer inside the quotes: as the span reader reads them when there is one, else as the reranker's
     span head read them; None when neither has a calibrated confidence."""
-    if reader is not None and reader.settings.confidence is not None:
+    if reader is not None and reader.settings.short_answer_confidence is not None:
         question = question_text(query.asked, query.context)
 
         def read(quote: QuotedSentence) -> AnswerSpan | None:
             return reader.read(question, [(index.reader.article(quote.sentence.article).title, quote.sentence.text)])[0]
 
-        return short_answer(query.asked, ranked, quoted, read, reader.settings.confidence)
+        return short_answer(query.asked, ranked, quoted, read, reader.settings.short_answer_confidence)
     if cross_encoder is not None and cross_encoder.settings.short_answer_confidence is not None:
         return short_answer(query.asked, ranked, quoted, lambda quote: quote.sentence.answer_span,
                             cross_encoder.settings.short_answer_confidence)

@@ -12,6 +12,7 @@ from . import config
 from .distributed import DEFAULT_ARTICLES_PER_BATCH, LOCAL, RaySettings
 from .feeds import DEFAULT_FEEDS_EVERY_MINUTES, FEEDS_FILE
 from .fetch import ALLOW_PRIVATE_ENV
+from .progress import PROGRESS_LOGGER
 
 logger = logging.getLogger("qa")
 
@@ -21,8 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.INFO if args.verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    for handler in logging.getLogger().handlers:
-        handler.setLevel(level)  # also holds back libraries that set their own loggers to DEBUG
+    logging.getLogger(PROGRESS_LOGGER).setLevel(logging.INFO)  # a long build's progress, when not on a terminal
+    for handler in logging.getLogger().handlers:  # also holds back libraries that set their own loggers to DEBUG
+        handler.addFilter(lambda record: record.levelno >= level or record.name == PROGRESS_LOGGER)
     try:
         if getattr(args, "allow_private_addresses", False):
             os.environ[ALLOW_PRIVATE_ENV] = "1"  # the fetches of this process, the chat's and the feeds' too

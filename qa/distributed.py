@@ -8,9 +8,9 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from tqdm import tqdm
 
 from .articles import Article
+from .progress import progress_bar
 from .store import EmbeddedArticle
 
 logger = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ def embed_on_ray(articles: list[Article], model: str, backend: str, settings: Ra
             compute=ray.data.ActorPoolStrategy(size=workers),
             num_cpus=settings.cpus_per_worker,
         )
-        with tqdm(total=len(articles), desc="embedding articles on Ray", unit="article", disable=None) as bar:
+        with progress_bar(len(articles), "embedding articles on Ray", "article") as bar:
             for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
                 yield from batch["embedded"]
                 bar.update(len(batch["embedded"]))

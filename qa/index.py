@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from tqdm import tqdm
 
 from . import config
 from .articles import Article, SkippedFile, read_articles, require_folder
 from .chunks import chunk_article, sentence_text
 from .distributed import RaySettings, embed_on_ray
+from .progress import progress_bar
 from .retrieval import load_index
 from .store import FORMAT_VERSION, EmbeddedArticle, IndexInfo, Update, open_store
 
@@ -196,7 +196,7 @@ def embed_articles(
     originals = [pending[position] for position in first_positions]
     total = sum(len(chunks) for *_, chunks in pending)
     embedded, done = [], 0
-    with tqdm(total=total, desc="embedding chunks", unit="chunk", disable=None) as bar:
+    with progress_bar(total, "embedding chunks", "chunk") as bar:
         for batch in _batches(originals, EMBED_BATCH_CHUNKS):
             flat = [(item, chunk) for item in batch for chunk in item[2]]
             vectors = embedder.encode_chunks([c.text for _, c in flat], [c.sentence_spans for _, c in flat])

@@ -5,40 +5,38 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from .embeddings import padded_feeds
-from .reranker import MODELS_DIR, SETTINGS_FILE, AnswerSpan, pair_model, passage_text, spans_in
+from .reranker import (
+    NO_MODEL, SETTINGS_FILE, AnswerSpan, loaded_model, model_name, pair_model, passage_text, spans_in,
+)
 
 logger = logging.getLogger(__name__)
 
 READER_ENV = "QA_READER"
 DEFAULT_READER = "minilm-l6-reader"
 """The shipped model: all six layers of all-MiniLM-L6-v2, trained on SQuAD v1.1 train to point at short answers."""
-NO_READER = "none"
+NO_READER = NO_MODEL
+READER = "reader"
 NULL_TOKEN = 0
 """The token ([CLS]) the reader points at when a sentence holds no answer."""
 
 
 @dataclass(frozen=True)
 class ReaderSettings:
-    """How the reader is used: pairs are cut to `max_tokens`; a short answer is given only at `confidence` or above
-    (None: not calibrated yet, so none is given)."""
+    """How the reader is used: pairs are cut to `max_tokens`; a short answer is given only at
+    `short_answer_confidence` or above (None: not calibrated yet, so none is given)."""
 
     max_tokens: int
-    confidence: float | None = None
+    short_answer_confidence: float | None = None
 
 
 def reader_name(value: str | None = None) -> str:
     """The reader to use: the argument, else $QA_READER, else the shipped model; "none" gives no short answers."""
-    name = (value or os.environ.get(READER_ENV) or DEFAULT_READER).strip().lower()
-    if name != NO_READER and not (MODELS_DIR / name / SETTINGS_FILE).exists():
-        raise ValueError(f"unknown reader {name!r} (${READER_ENV}): choose {DEFAULT_READER} or {NO_READER}")
-    return name
+    return model_name(READER, value, READER_ENV, DEFAULT_READER)
 
 
 class Reader:
@@ -63,15 +61,6 @@ class Reader:
         return spans_in(encodings, passages, [title for title, _ in sentences], start_logits, end_logits, NULL_TOKEN)
 
 
-_lock = threading.Lock()
-_readers: dict[str, Reader | None] = {}
-
-
 def get_reader(name: str | None = None) -> Reader | None:
     """The process-wide reader of that name (see reader_name), or None for "none"."""
-    name = reader_name(name)
-    with _lock:
-        if name not in _readers:
-            _readers[name] = None if name == NO_READER else Reader(MODELS_DIR / name)
-            logger.info("reader: %s", name)
-        return _readers[name]
+    return loaded_model(READER, reader_name(name), Reader)

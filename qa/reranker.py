@@ -3,14 +3,16 @@ the best candidate sentences with its article's title, on ONNX Runtime (trained 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -18,15 +20,22 @@ from .embeddings import inference_session, padded_feeds
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+_lock = threading.Lock()
+_loaded: dict[tuple[str, str], object] = {}
+
 RERANKER_ENV = "QA_RERANKER"
 DEFAULT_RERANKER = "minilm-l3-squad"
 """The shipped model: the first three layers of all-MiniLM-L6-v2, trained on SQuAD v1.1 train."""
-NO_RERANKER = "none"
+NO_MODEL = "none"
+NO_RERANKER = NO_MODEL
+RERANKER = "reranker"
 MODELS_DIR = Path(__file__).with_name("models")
 GRAPH_FILE = "model_qint8.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 SETTINGS_FILE = "settings.json"
-"""Written last by the training script: the token budget, the rerank depth and the blend weight."""
+"""Written last by the training script: the model's kind, its token budget and how it is used."""
+KIND_KEY = "kind"
 MAX_SPAN_TOKENS = 24
 """The longest short answer the reader gives, in word pieces."""
 CONTEXT_WORDS = 24
@@ -68,13 +77,41 @@ class Reading:
     spans: list[AnswerSpan | None]
 
 
+def shipped_models(kind: str) -> list[str]:
+    """The names of the trained models of `kind` ("reranker", "reader") in qa/models/."""
+    return [name for name, its_kind in _shipped().items() if its_kind == kind]
+
+
+def model_name(kind: str, value: str | None, env: str, default: str) -> str:
+    """The model of `kind` to use: `value`, else $`env`, else `default`; NO_MODEL for none."""
+    name = (value or os.environ.get(env) or default).strip().lower()
+    if name != NO_MODEL and name not in shipped_models(kind):
+        choices = ", ".join([*shipped_models(kind), NO_MODEL])
+        raise ValueError(f"unknown {kind} {name!r} (${env}): choose one of {choices}")
+    return name
+
+
+def loaded_model(kind: str, name: str, load: Callable[[Path], T]) -> T | None:
+    """The process-wide model of that kind and name (see model_name), loaded once; None for NO_MODEL."""
+    with _lock:
+        if (kind, name) not in _loaded:
+            _loaded[kind, name] = None if name == NO_MODEL else load(MODELS_DIR / name)
+            logger.info("%s: %s", kind, name)
+        return _loaded[kind, name]
+
+
+@functools.lru_cache(maxsize=1)
+def _shipped() -> dict[str, str]:
+    """Each trained model's name and kind, as its settings say."""
+    found = {}
+    for path in sorted(MODELS_DIR.glob(f"*/{SETTINGS_FILE}")):
+        found[path.parent.name] = json.loads(path.read_text(encoding="utf-8")).get(KIND_KEY)
+    return found
+
+
 def reranker_name(value: str | None = None) -> str:
     """The reranker to use: the argument, else $QA_RERANKER, else the shipped model; "none" keeps the linear ranker."""
-    name = (value or os.environ.get(RERANKER_ENV) or DEFAULT_RERANKER).strip().lower()
-    if name != NO_RERANKER and not (MODELS_DIR / name / SETTINGS_FILE).exists():
-        known = sorted(p.name for p in MODELS_DIR.iterdir() if (p / SETTINGS_FILE).exists()) if MODELS_DIR.exists() else []
-        raise ValueError(f"unknown reranker {name!r} (${RERANKER_ENV}): choose one of {', '.join([*known, NO_RERANKER])}")
-    return name
+    return model_name(RERANKER, value, RERANKER_ENV, DEFAULT_RERANKER)
 
 
 def conversation_context(turns: Sequence[tuple[str, str]]) -> str:
@@ -207,15 +244,6 @@ class Reranker:
         return Reading(relevance, spans)
 
 
-_lock = threading.Lock()
-_rerankers: dict[str, Reranker | None] = {}
-
-
 def get_reranker(name: str | None = None) -> Reranker | None:
     """The process-wide reranker of that name (see reranker_name), or None for "none"."""
-    name = reranker_name(name)
-    with _lock:
-        if name not in _rerankers:
-            _rerankers[name] = None if name == NO_RERANKER else Reranker(MODELS_DIR / name)
-            logger.info("reranker: %s", name)
-        return _rerankers[name]
+    return loaded_model(RERANKER, reranker_name(name), Reranker)

@@ -250,6 +250,7 @@ def test_cli_index_ask_and_eval(tmp_path):
     run = lambda *args: subprocess.run([sys.executable, "-m", "qa.cli", *args], capture_output=True, text=True, env=env)  # noqa: E731
     built = run("index")
     assert built.returncode == 0 and "2 added" in built.stdout
+    assert "embedding chunks: 100%" in built.stderr, "a build into a log still shows its progress"
     asked = run("ask", "Who is the Japanese prime minister who attended the Lima meeting?")
     assert asked.returncode == 0 and "Shigeru Ishiba" in asked.stdout and "000_e98aca2129206eb6.txt:" in asked.stdout
     bad = run("ask", " ")
