@@ -31,4 +31,5 @@ def progress_bar(total: int, desc: str, unit: str) -> tqdm:
     every LOG_EVERY_SECONDS, so that a build run as a service or into a file still shows how far it has gone."""
     if sys.stderr.isatty():
         return tqdm(total=total, desc=desc, unit=unit)
-    return tqdm(total=total, desc=desc, unit=unit, file=_LogLines(), mininterval=LOG_EVERY_SECONDS, ascii=True)
+    # miniters=1: tqdm's own adaptive step count would let its monitor thread log every 10 s
+    return tqdm(total=total, desc=desc, unit=unit, file=_LogLines(), mininterval=LOG_EVERY_SECONDS, miniters=1, ascii=True)
