@@ -3,16 +3,12 @@ question, or says that the sentence holds none, on ONNX Runtime (trained by benc
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .embeddings import padded_feeds
-from .reranker import (
-    NO_MODEL, SETTINGS_FILE, AnswerSpan, loaded_model, model_name, pair_model, passage_text, spans_in,
-)
+from .reranker import NO_MODEL, AnswerSpan, PairModel, loaded_model, model_name, model_settings, spans_in
 
 logger = logging.getLogger(__name__)
 
@@ -44,21 +40,17 @@ class Reader:
     without PyTorch."""
 
     def __init__(self, folder: Path):
-        stored = json.loads((folder / SETTINGS_FILE).read_text(encoding="utf-8"))
         self.name = folder.name
-        confidence = stored.get("short_answer_confidence")
-        self.settings = ReaderSettings(int(stored["max_tokens"]), None if confidence is None else float(confidence))
-        self.tokenizer, self.session, self.inputs = pair_model(folder, self.settings.max_tokens)
+        self.settings = model_settings(folder, ReaderSettings)
+        self.model = PairModel(folder, self.settings.max_tokens)
 
     def read(self, question: str, sentences: Sequence[tuple[str, str]]) -> list[AnswerSpan | None]:
         """For each (title, sentence), the short answer in the sentence (offsets into it with its runs of white space
         folded, as the index keeps it) and its probability, which is low when the reader finds no answer there."""
         if not sentences:
             return []
-        passages = [passage_text(title, text) for title, text in sentences]
-        encodings = self.tokenizer.encode_batch([(question, passage) for passage in passages])
-        start_logits, end_logits = self.session.run(None, padded_feeds(encodings, self.inputs))
-        return spans_in(encodings, passages, [title for title, _ in sentences], start_logits, end_logits, NULL_TOKEN)
+        read = self.model.read(question, sentences)
+        return spans_in(read.encodings, read.passages, [title for title, _ in sentences], *read.outputs, NULL_TOKEN)
 
 
 def get_reader(name: str | None = None) -> Reader | None:

@@ -10,7 +10,7 @@ import os
 import re
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TypeVar
 
@@ -21,6 +21,7 @@ from .embeddings import inference_session, padded_feeds
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+S = TypeVar("S")
 _lock = threading.Lock()
 _loaded: dict[tuple[str, str], object] = {}
 
@@ -202,16 +203,40 @@ def word_span(sentence: str, start: int, end: int) -> tuple[int, int]:
     return start, end
 
 
-def pair_model(folder: Path, max_tokens: int):
-    """A model folder's tokenizer (pairs cut to `max_tokens`, the longer text first, no padding), its ONNX Runtime
-    session and the graph's input names."""
-    from tokenizers import Tokenizer
+def model_settings(folder: Path, settings_type: type[S]) -> S:
+    """A model folder's settings.json as its settings dataclass (keys the dataclass does not name are ignored)."""
+    stored = json.loads((folder / SETTINGS_FILE).read_text(encoding="utf-8"))
+    return settings_type(**{field.name: stored[field.name] for field in fields(settings_type) if field.name in stored})
 
-    tokenizer = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
-    tokenizer.no_padding()
-    tokenizer.enable_truncation(max_length=max_tokens, strategy="longest_first")
-    session = inference_session(folder / GRAPH_FILE)
-    return tokenizer, session, [i.name for i in session.get_inputs()]
+
+@dataclass(frozen=True)
+class PairReading:
+    """A batch of (question, title and sentence) pairs as a pair model read them: the passages, their encodings and
+    the graph's outputs."""
+
+    passages: list[str]
+    encodings: list
+    outputs: list[np.ndarray]
+
+
+class PairModel:
+    """A model folder's tokenizer (pairs cut to `max_tokens`, the longer text first, no padding) and its ONNX Runtime
+    session, reading a question against (title, sentence) passages."""
+
+    def __init__(self, folder: Path, max_tokens: int):
+        from tokenizers import Tokenizer
+
+        self.tokenizer = Tokenizer.from_file(str(folder / TOKENIZER_FILE))
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(max_length=max_tokens, strategy="longest_first")
+        self.session = inference_session(folder / GRAPH_FILE)
+        self.inputs = [i.name for i in self.session.get_inputs()]
+
+    def read(self, question: str, sentences: Sequence[tuple[str, str]]) -> PairReading:
+        """Run the graph on the question against each (title, sentence)."""
+        passages = [passage_text(title, text) for title, text in sentences]
+        encodings = self.tokenizer.encode_batch([(question, passage) for passage in passages])
+        return PairReading(passages, encodings, self.session.run(None, padded_feeds(encodings, self.inputs)))
 
 
 class Reranker:
@@ -219,14 +244,9 @@ class Reranker:
     without PyTorch."""
 
     def __init__(self, folder: Path):
-        stored = json.loads((folder / SETTINGS_FILE).read_text(encoding="utf-8"))
         self.name = folder.name
-        confidence = stored.get("short_answer_confidence")
-        self.settings = RerankerSettings(
-            int(stored["max_tokens"]), int(stored["depth"]), float(stored["weight"]), float(stored["quote_margin"]),
-            None if confidence is None else float(confidence),
-        )
-        self.tokenizer, self.session, self.inputs = pair_model(folder, self.settings.max_tokens)
+        self.settings = model_settings(folder, RerankerSettings)
+        self.model = PairModel(folder, self.settings.max_tokens)
 
     def read(self, question: str, sentences: Sequence[tuple[str, str]]) -> Reading:
         """Read each (title, sentence) against the question: the relevance logits (higher: more likely to answer)
@@ -234,14 +254,12 @@ class Reranker:
         white space folded, as the index keeps it)."""
         if not sentences:
             return Reading(np.zeros(0, dtype=np.float32), [])
-        passages = [passage_text(title, text) for title, text in sentences]
-        encodings = self.tokenizer.encode_batch([(question, passage) for passage in passages])
-        outputs = self.session.run(None, padded_feeds(encodings, self.inputs))
-        relevance = outputs[0].reshape(-1)
-        if len(outputs) < 3:
+        read = self.model.read(question, sentences)
+        relevance = read.outputs[0].reshape(-1)
+        if len(read.outputs) < 3:
             return Reading(relevance, [None] * len(sentences))
-        spans = spans_in(encodings, passages, [title for title, _ in sentences], outputs[1], outputs[2], None)
-        return Reading(relevance, spans)
+        titles = [title for title, _ in sentences]
+        return Reading(relevance, spans_in(read.encodings, read.passages, titles, *read.outputs[1:], None))
 
 
 def get_reranker(name: str | None = None) -> Reranker | None:
