@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .reranker import NO_MODEL, AnswerSpan, PairModel, loaded_model, model_name, model_settings, spans_in
+from .reranker import NO_MODEL, AnswerSpan, PairModel, loaded_model, model_name, model_settings
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class Reader:
         if not sentences:
             return []
         read = self.model.read(question, sentences)
-        return spans_in(read.encodings, read.passages, [title for title, _ in sentences], *read.outputs, NULL_TOKEN)
+        return read.spans(*read.outputs, NULL_TOKEN)
 
 
 def get_reader(name: str | None = None) -> Reader | None:

@@ -183,13 +183,6 @@ def span_in(encoding, passage: str, prefix: int, start_logits, end_logits, null_
     return AnswerSpan(start, end, probability) if start < end else None
 
 
-def spans_in(encodings, passages: Sequence[str], titles: Sequence[str], start_logits, end_logits,
-             null_token: int | None) -> list[AnswerSpan | None]:
-    """span_in for each row of a batch of (question, title and sentence) pairs."""
-    return [span_in(encoding, passage, len(passage_prefix(title)), start_logits[row], end_logits[row], null_token)
-            for row, (encoding, passage, title) in enumerate(zip(encodings, passages, titles))]
-
-
 def word_span(sentence: str, start: int, end: int) -> tuple[int, int]:
     """(start, end) widened to whole words of `sentence`, and trimmed of surrounding punctuation and space."""
     while start > 0 and sentence[start - 1].isalnum():
@@ -211,12 +204,18 @@ def model_settings(folder: Path, settings_type: type[S]) -> S:
 
 @dataclass(frozen=True)
 class PairReading:
-    """A batch of (question, title and sentence) pairs as a pair model read them: the passages, their encodings and
-    the graph's outputs."""
+    """A batch of (question, title and sentence) pairs as a pair model read them: the passages, the characters of
+    title before each one's sentence, their encodings and the graph's outputs."""
 
     passages: list[str]
+    prefixes: list[int]
     encodings: list
     outputs: list[np.ndarray]
+
+    def spans(self, start_logits: np.ndarray, end_logits: np.ndarray, null_token: int | None) -> list[AnswerSpan | None]:
+        """span_in for each pair, from a span head's start and end logits."""
+        return [span_in(encoding, passage, prefix, start_logits[row], end_logits[row], null_token)
+                for row, (encoding, passage, prefix) in enumerate(zip(self.encodings, self.passages, self.prefixes))]
 
 
 class PairModel:
@@ -236,7 +235,8 @@ class PairModel:
         """Run the graph on the question against each (title, sentence)."""
         passages = [passage_text(title, text) for title, text in sentences]
         encodings = self.tokenizer.encode_batch([(question, passage) for passage in passages])
-        return PairReading(passages, encodings, self.session.run(None, padded_feeds(encodings, self.inputs)))
+        prefixes = [len(passage_prefix(title)) for title, _ in sentences]
+        return PairReading(passages, prefixes, encodings, self.session.run(None, padded_feeds(encodings, self.inputs)))
 
 
 class Reranker:
@@ -258,8 +258,7 @@ class Reranker:
         relevance = read.outputs[0].reshape(-1)
         if len(read.outputs) < 3:
             return Reading(relevance, [None] * len(sentences))
-        titles = [title for title, _ in sentences]
-        return Reading(relevance, spans_in(read.encodings, read.passages, titles, *read.outputs[1:], None))
+        return Reading(relevance, read.spans(*read.outputs[1:], None))
 
 
 def get_reranker(name: str | None = None) -> Reranker | None:
