@@ -74,7 +74,7 @@ def main() -> None:
         print(f"{'Milvus Lite insert alone':34s} {insert['chunks']:6d} chunks ({insert['rows']} rows) in "
               f"{insert['seconds']:6.1f} s: {insert['chunks_per_second']:5.1f} chunks/s, {insert['rows_per_second']} rows/s")
     one, two, plain = (runs[k]["chunks_per_second"] for k in ("ray, 1 worker", "ray, 2 workers", "plain"))
-    summary = {"articles": args.articles, "runs": runs, "milvus_lite_insert": insert,
+    summary = {"articles": args.articles, "articles_per_batch": args.batch, "runs": runs, "milvus_lite_insert": insert,
                "two_workers_over_one": round(two / one, 2), "two_workers_over_plain": round(two / plain, 2)}
     print(f"2 workers / 1 worker: {two / one:.2f}x; 2 workers / plain build: {two / plain:.2f}x")
     RESULTS.mkdir(parents=True, exist_ok=True)
