@@ -673,14 +673,19 @@ def export_int8(model, tokens, target: Path, outputs: list[str], output_axes: di
     return staging
 
 
-def export(model, tokens, held_out: list[Mined], spans: list[SpanExample], logs: dict[str, list[dict]], trained_on: dict) -> dict:
-    """The model as an int8 ONNX graph with its tokenizer and settings, in qa/models/DEFAULT_RERANKER."""
+def export(model, tokens, held_out: list[Mined], spans: list[SpanExample], logs: dict[str, list[dict]], trained_on: dict,
+           weight: float | None = None, relevance_only: bool = False) -> dict:
+    """The model as an int8 ONNX graph with its tokenizer and settings, in qa/models/DEFAULT_RERANKER: with its span
+    head's start and end logits, or with `relevance_only` the relevance logit alone. The blend weight is `weight`, or
+    else chosen on the held-out questions (blend_weight)."""
     from qa.reranker import Reranker
 
     target = MODELS_DIR / DEFAULT_RERANKER
-    # (--export-only on a relevance-stage checkpoint exports its span head untrained: run the span stage first.)
-    staging = export_int8(model, tokens, target, ["relevance", "start", "end"],
-                          {"relevance": {0: "batch"}, "start": {0: "batch", 1: "tokens"}, "end": {0: "batch", 1: "tokens"}})
+    if relevance_only:
+        staging = export_int8(relevance_graph(model), tokens, target, ["relevance"], {"relevance": {0: "batch"}})
+    else:
+        staging = export_int8(model, tokens, target, ["relevance", "start", "end"],
+                              {"relevance": {0: "batch"}, "start": {0: "batch", 1: "tokens"}, "end": {0: "batch", 1: "tokens"}})
     # Choose the depth and weight on the held-out questions, with the exported int8 graph.
     (staging / SETTINGS_FILE).write_text(json.dumps({KIND_KEY: RERANKER, "max_tokens": QUESTION_TIME_TOKENS, "depth": max(DEPTHS),
                                                     "weight": 1.0, "quote_margin": QUOTE_MARGIN}))
@@ -688,21 +693,35 @@ def export(model, tokens, held_out: list[Mined], spans: list[SpanExample], logs:
     ce = [exported.read(question_text(i.question, i.context), [passage_parts(i.passages[j]) for j in first_stage(i)[: max(DEPTHS)]]).relevance
           for i in held_out]
     report = held_out_scores(held_out, ce)
-    readings = [exported.read(e.question, [(e.title, e.sentence)]).spans[0] for e in spans]
-    span_report = span_scores(spans, [e.sentence[r.start: r.end] if r else "" for e, r in zip(spans, readings)])
     depth = QUESTION_TIME_DEPTH
-    weight = blend_weight(report, depth)
+    weight = blend_weight(report, depth) if weight is None else weight
     settings = {KIND_KEY: RERANKER, "max_tokens": QUESTION_TIME_TOKENS, "depth": depth, "weight": weight, "quote_margin": QUOTE_MARGIN, "layers": LAYERS,
-                "base": PACKAGED_MODEL, "trained_on": trained_on, "held_out_int8": report,
-                "held_out_short_answers_int8": span_report}
+                "base": PACKAGED_MODEL, "trained_on": trained_on, "held_out_int8": report}
+    if not relevance_only:
+        readings = [exported.read(e.question, [(e.title, e.sentence)]).spans[0] for e in spans]
+        settings["held_out_short_answers_int8"] = span_scores(spans, [e.sentence[r.start: r.end] if r else "" for e, r in zip(spans, readings)])
     (staging / SETTINGS_FILE).write_text(json.dumps(settings, indent=1))
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
     RESULTS.write_text(json.dumps({"settings": settings, **logs}, indent=1))
-    logger.info("exported to %s: depth %d, weight %.2f; held-out hit@3 linear %.3f, blend %.3f; short answers in "
-                "their sentence EM %.3f F1 %.3f", target, depth, weight, report["linear"], report[f"blend@{depth}x{weight}"],
-                span_report["exact_match"], span_report["f1"])
+    logger.info("exported to %s: depth %d, weight %.2f; held-out hit@3 linear %.3f, blend %.3f", target, depth, weight,
+                report["linear"], report.get(f"blend@{depth}x{weight}", float("nan")))
     return settings
+
+
+def relevance_graph(model):
+    """The model as a module giving only its relevance logit (for a model trained without the span stage)."""
+    import torch
+
+    class Relevance(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            return self.model(input_ids, attention_mask, token_type_ids)[0]
+
+    return Relevance()
 
 
 def blend_weight(report: dict, depth: int) -> float:
@@ -736,7 +755,12 @@ def main() -> None:
     parser.add_argument("--span", action="store_true", help="only the span stage, from the relevance stage's checkpoint")
     parser.add_argument("--span-minutes", type=float, default=60, help="stop the span stage after this long (default: %(default)s)")
     parser.add_argument("--span-steps", type=int, default=2500, help="steps the span stage's schedule runs over (default: %(default)s)")
+    parser.add_argument("--relevance-only", action="store_true", help="no span stage: export the relevance stage's model "
+                        "with its relevance logit alone (short answers are then the reader's only)")
+    parser.add_argument("--weight", type=float, help="the blend weight to ship (default: chosen on the held-out questions)")
     args = parser.parse_args()
+    if args.span and args.relevance_only:
+        parser.error("--span trains the span stage, which --relevance-only leaves out: give one of them")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.work.mkdir(parents=True, exist_ok=True)
     articles = squad_articles()
@@ -755,17 +779,21 @@ def main() -> None:
     logger.info("%d span examples, %d held out", len(spans) - len(held_out_spans), len(held_out_spans))
     if args.export_only:
         span_checkpoint = args.work / SPAN_CHECKPOINT
-        model, tokens, log = load_checkpoint(span_checkpoint if span_checkpoint.exists() else args.work / CHECKPOINT)
+        use_span = span_checkpoint.exists() and not args.relevance_only
+        model, tokens, log = load_checkpoint(span_checkpoint if use_span else args.work / CHECKPOINT)
     else:
         if not args.span:
-            train(args.work, training, held_out, args.minutes, args.epochs, args.resume)
-        model, tokens, log = train_span(args.work, training, held_out, spans, args.span_minutes, args.span_steps,
-                                        args.resume and args.span)
+            model, tokens, _ = train(args.work, training, held_out, args.minutes, args.epochs, args.resume)
+            log = []
+        if not args.relevance_only:
+            model, tokens, log = train_span(args.work, training, held_out, spans, args.span_minutes, args.span_steps,
+                                            args.resume and args.span)
     relevance_log = torch_log(args.work / CHECKPOINT)
-    export(model, tokens, held_out, held_out_spans, {"relevance_log": relevance_log, "span_log": log}, {
+    span_log = [] if args.relevance_only else log
+    export(model, tokens, held_out, held_out_spans, {"relevance_log": relevance_log, "span_log": span_log}, {
         "data": TRAINING_DATA, "articles": ARTICLES, "questions": len(training),
-        "relevance_steps": relevance_log[-1]["step"] if relevance_log else 0, "span_steps": log[-1]["step"] if log else 0,
-        "span_questions": len(spans) - len(held_out_spans)})
+        "relevance_steps": relevance_log[-1]["step"] if relevance_log else 0, "span_steps": span_log[-1]["step"] if span_log else 0,
+        **({} if args.relevance_only else {"span_questions": len(spans) - len(held_out_spans)})}, args.weight, args.relevance_only)
 
 
 if __name__ == "__main__":

@@ -138,7 +138,7 @@ def answer(
     `reranker` names the cross-encoder that reads the best candidate sentences against the question (else
     $QA_RERANKER, else the shipped one); "none" ranks with the linear ranker alone. `reader` names the model that
     points at the short answer inside the quotes (else $QA_READER, else the shipped one); "none" leaves it to the
-    reranker's span head, and gives none without a reranker.
+    reranker's span head when it has one (the shipped reranker has none), and otherwise gives none.
     """
     question = validate_question(question)
     if not 1 <= top_k <= 10:
