@@ -22,12 +22,15 @@ Stages, each kept in --work (default ~/.cache/qa-bench/reranker) so a rerun pick
    questions shaped like a conversation's as in mining; the sentence as qa splits the paragraph), while the relevance
    head goes on learning from the mined groups. Held-out scores (hit@3, and the short answer's exact match and F1 in
    its own sentence) every SPAN_EVAL_EVERY steps, with a checkpoint (`--span --resume` goes on).
-5. export: ONNX (the relevance logit, and each token's start and end logits), int8 weights (onnxruntime dynamic
-   quantisation), the tokenizer and settings.json into qa/models/minilm-l3-squad/. The blend weight is chosen on the
-   held-out questions, at the depth and token budget that keep a question fast (QUESTION_TIME_DEPTH,
-   QUESTION_TIME_TOKENS); the report there covers every depth. Then bench/calibrate_abstention.py --reranker and
+5. export: ONNX (the relevance logit, and each token's start and end logits; with --relevance-only, which skips
+   stage 4, the relevance logit alone), int8 weights (onnxruntime dynamic quantisation), the tokenizer and
+   settings.json into qa/models/minilm-l3-squad/. The blend weight is --weight, or else chosen on the held-out
+   questions, at the depth and token budget that keep a question fast (QUESTION_TIME_DEPTH, QUESTION_TIME_TOKENS);
+   the report there covers every depth. (The held-out questions, half of them with a history, could not tell the
+   shipped weight, 0.5, from 0.25: SQuAD dev chose it; README, "The reranker".) Then bench/calibrate_abstention.py --reranker and
    bench/calibrate_short_answers.py set the abstention boundary and the short answers' confidence threshold.
 
+    .venv/bin/python bench/train_reranker.py --relevance-only --minutes 62 --weight 0.5  # the shipped model: no span stage
     .venv/bin/python bench/train_reranker.py --minutes 62 --span-minutes 75  # all stages, about 2.5 hours on 2 cores
     .venv/bin/python bench/train_reranker.py --resume --minutes 60          # go on with the relevance stage
     .venv/bin/python bench/train_reranker.py --span --span-minutes 60       # only the span stage (then export)
