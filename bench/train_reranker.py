@@ -787,7 +787,6 @@ def main() -> None:
     else:
         if not args.span:
             model, tokens, _ = train(args.work, training, held_out, args.minutes, args.epochs, args.resume)
-            log = []
         if not args.relevance_only:
             model, tokens, log = train_span(args.work, training, held_out, spans, args.span_minutes, args.span_steps,
                                             args.resume and args.span)
