@@ -15,6 +15,7 @@ import numpy as np
 
 from . import config
 from .articles import page_source, text_of
+from .chunks import MAX_SENTENCE_CHARS
 from .followup import QUOTATION_MARKS, EarlierTurn, content_words, read_conversation
 from .reader import Reader, get_reader
 from .reranker import NO_RERANKER, AnswerSpan, Reranker, conversation_context, get_reranker, question_text
@@ -270,9 +271,11 @@ def _select(ranked: list[RankedSentence], top_k: int, margin: float) -> list[Ran
 
 
 def _cite(index: LoadedIndex, chosen: list[RankedSentence]) -> tuple[list[Citation], list[QuotedSentence]]:
-    """Quotes for the chosen sentences, adjacent ones merged, most relevant first, checked against the files as they
-    are now; and the sentences quoted, with the text they were checked against. In a file changed since it was
-    indexed, a sentence is quoted where its text stands now, and left out if the file no longer holds it."""
+    """Quotes for the chosen sentences, adjacent ones merged while the quote stays within MAX_SENTENCE_CHARS (the
+    longest a sentence may be, so that a run of text without punctuation is not quoted whole), most relevant first,
+    checked against the files as they are now; and the sentences quoted, with the text they were checked against. In
+    a file changed since it was indexed, a sentence is quoted where its text stands now, and left out if the file no
+    longer holds it."""
     files: dict[int, _ArticleFile | None] = {}
     placed = []
     for sentence in chosen:
@@ -290,7 +293,8 @@ def _cite(index: LoadedIndex, chosen: list[RankedSentence]) -> tuple[list[Citati
     groups: list[list[RankedSentence]] = []
     for sentence in sorted(placed, key=lambda s: (s.article, s.start)):
         previous = groups[-1][-1] if groups else None
-        if previous is not None and _adjacent(previous, sentence, files[sentence.article].text):
+        if (previous is not None and _adjacent(previous, sentence, files[sentence.article].text)
+                and sentence.end - groups[-1][0].start <= MAX_SENTENCE_CHARS):
             groups[-1].append(sentence)
         else:
             groups.append([sentence])
