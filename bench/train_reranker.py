@@ -784,14 +784,15 @@ def main() -> None:
         span_checkpoint = args.work / SPAN_CHECKPOINT
         use_span = span_checkpoint.exists() and not args.relevance_only
         model, tokens, log = load_checkpoint(span_checkpoint if use_span else args.work / CHECKPOINT)
+        span_log = [] if args.relevance_only else log
     else:
+        span_log = []
         if not args.span:
             model, tokens, _ = train(args.work, training, held_out, args.minutes, args.epochs, args.resume)
         if not args.relevance_only:
-            model, tokens, log = train_span(args.work, training, held_out, spans, args.span_minutes, args.span_steps,
-                                            args.resume and args.span)
+            model, tokens, span_log = train_span(args.work, training, held_out, spans, args.span_minutes,
+                                                 args.span_steps, args.resume and args.span)
     relevance_log = torch_log(args.work / CHECKPOINT)
-    span_log = [] if args.relevance_only else log
     export(model, tokens, held_out, held_out_spans, {"relevance_log": relevance_log, "span_log": span_log}, {
         "data": TRAINING_DATA, "articles": ARTICLES, "questions": len(training),
         "relevance_steps": relevance_log[-1]["step"] if relevance_log else 0, "span_steps": span_log[-1]["step"] if span_log else 0,
