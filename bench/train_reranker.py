@@ -5,8 +5,8 @@ Data: ../shared/train/squad-train.jsonl.gz (SQuAD v1.1 train, CC BY-SA 4.0), whi
 development set. Development sets are not read here.
 
 Stages, each kept in --work (default ~/.cache/qa-bench/reranker) so a rerun picks up where the last one stopped:
-1. articles: ARTICLES + HELD_OUT articles chosen by a seeded shuffle, written as text files (title, paragraphs) and
-   indexed by qa itself.
+1. articles: ARTICLES (or --articles) + HELD_OUT articles chosen by a seeded shuffle, written as text files (title,
+   paragraphs) and indexed by qa itself. The held-out articles are the same whatever the number.
 2. mine: every question of those articles is asked as qa asks it (qa.answers.read_question, then the linear ranker's
    LoadedIndex.rank). Questions are shaped like a conversation: the questions of one paragraph were written in a row
    by one person, so the earlier ones with their answers (sometimes as qa would quote them) are its history, and a name
@@ -35,6 +35,7 @@ Stages, each kept in --work (default ~/.cache/qa-bench/reranker) so a rerun pick
     .venv/bin/python bench/train_reranker.py --resume --minutes 60          # go on with the relevance stage
     .venv/bin/python bench/train_reranker.py --span --span-minutes 60       # only the span stage (then export)
     .venv/bin/python bench/train_reranker.py --export-only                  # export the last checkpoint again
+    .venv/bin/python bench/train_reranker.py --articles 200 --relevance-only --minutes 100  # 2.2 times the data (in reranker-200)
 """
 
 from __future__ import annotations
@@ -175,6 +176,15 @@ def shuffled_titles(articles: dict) -> list[str]:
     titles = sorted(articles)
     random.Random(SEED).shuffle(titles)
     return titles
+
+
+def mined_titles(titles: list[str], articles: int) -> list[str]:
+    """The titles mined for training (`articles` of them) and the HELD_OUT ones: the first ARTICLES of the seeded
+    order, then the HELD_OUT after them, then (for `articles` over ARTICLES) the ones after those, so that the held-out
+    articles are the same whatever the number trained on."""
+    first = min(articles, ARTICLES)
+    after = ARTICLES + HELD_OUT
+    return titles[:first] + titles[ARTICLES: after] + titles[after: after + articles - first]
 
 
 def readable_title(title: str) -> str:
@@ -749,8 +759,11 @@ def passage_parts(passage: str) -> tuple[str, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work", type=Path, default=WORK, help="where the articles, index, mined data and checkpoint go")
+    parser.add_argument("--work", type=Path, help="where the articles, index, mined data and checkpoint go "
+                        "(default: %s, or reranker-N beside it for --articles N other than %d)" % (WORK, ARTICLES))
     parser.add_argument("--minutes", type=float, default=60, help="stop training after this long (default: %(default)s)")
+    parser.add_argument("--articles", type=int, default=ARTICLES, help="SQuAD train articles to mine for training, "
+                        "beside the HELD_OUT ones (default: %(default)s; all: 434)")
     parser.add_argument("--epochs", type=int, default=1, help="passes over the mined questions (default: %(default)s)")
     parser.add_argument("--resume", action="store_true", help="go on from the checkpoint in --work")
     parser.add_argument("--mine-only", action="store_true", help="stop after mining")
@@ -765,11 +778,13 @@ def main() -> None:
     if args.span and args.relevance_only:
         parser.error("--span trains the span stage, which --relevance-only leaves out: give one of them")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.work is None:
+        args.work = WORK if args.articles == ARTICLES else WORK.with_name(f"{WORK.name}-{args.articles}")
     args.work.mkdir(parents=True, exist_ok=True)
     articles = squad_articles()
     titles = shuffled_titles(articles)
-    chosen = titles[: ARTICLES + HELD_OUT]
-    held_out_titles = set(chosen[ARTICLES:])
+    chosen = mined_titles(titles, args.articles)
+    held_out_titles = set(titles[ARTICLES: ARTICLES + HELD_OUT])
     mined = mine(args.work, articles, chosen, held_out_titles)
     training = [m for m in mined if not m.held_out]
     held_out = [m for m in mined if m.held_out]
@@ -777,9 +792,10 @@ def main() -> None:
                 sum(bool(m.context) for m in mined))
     if args.mine_only:
         return
-    spans = span_examples(articles, held_out_titles)
+    spans = [] if args.relevance_only else span_examples(articles, held_out_titles)
     held_out_spans = [e for e in spans if e.held_out]
-    logger.info("%d span examples, %d held out", len(spans) - len(held_out_spans), len(held_out_spans))
+    if spans:
+        logger.info("%d span examples, %d held out", len(spans) - len(held_out_spans), len(held_out_spans))
     if args.export_only:
         span_checkpoint = args.work / SPAN_CHECKPOINT
         use_span = span_checkpoint.exists() and not args.relevance_only
@@ -794,7 +810,7 @@ def main() -> None:
                                                  args.span_steps, args.resume and args.span)
     relevance_log = torch_log(args.work / CHECKPOINT)
     export(model, tokens, held_out, held_out_spans, {"relevance_log": relevance_log, "span_log": span_log}, {
-        "data": TRAINING_DATA, "articles": ARTICLES, "questions": len(training),
+        "data": TRAINING_DATA, "articles": args.articles, "questions": len(training),
         "relevance_steps": relevance_log[-1]["step"] if relevance_log else 0, "span_steps": span_log[-1]["step"] if span_log else 0,
         **({} if args.relevance_only else {"span_questions": len(spans) - len(held_out_spans)})}, args.weight, args.relevance_only)
 
