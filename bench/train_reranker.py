@@ -6,7 +6,8 @@ development set. Development sets are not read here.
 
 Stages, each kept in --work (default ~/.cache/qa-bench/reranker) so a rerun picks up where the last one stopped:
 1. articles: ARTICLES (or --articles) + HELD_OUT articles chosen by a seeded shuffle, written as text files (title,
-   paragraphs) and indexed by qa itself. The held-out articles are the same whatever the number.
+   paragraphs) and indexed by qa itself. The held-out articles are the same whatever the number, but their candidates
+   are mined against all of the articles, so held-out scores compare only between runs on the same number.
 2. mine: every question of those articles is asked as qa asks it (qa.answers.read_question, then the linear ranker's
    LoadedIndex.rank). Questions are shaped like a conversation: the questions of one paragraph were written in a row
    by one person, so the earlier ones with their answers (sometimes as qa would quote them) are its history, and a name
@@ -780,9 +781,11 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.work is None:
         args.work = WORK if args.articles == ARTICLES else WORK.with_name(f"{WORK.name}-{args.articles}")
-    args.work.mkdir(parents=True, exist_ok=True)
     articles = squad_articles()
     titles = shuffled_titles(articles)
+    if not 0 < args.articles <= len(titles) - HELD_OUT:
+        parser.error(f"--articles is a number of SQuAD train articles from 1 to {len(titles) - HELD_OUT}")
+    args.work.mkdir(parents=True, exist_ok=True)
     chosen = mined_titles(titles, args.articles)
     held_out_titles = set(titles[ARTICLES: ARTICLES + HELD_OUT])
     mined = mine(args.work, articles, chosen, held_out_titles)
