@@ -44,7 +44,7 @@ from qa.config import DEFAULT_MODEL, PACKAGED_MODEL
 from qa.embeddings import CHANGED_WEIGHTS_FILE, SHIPPED_MODELS, WEIGHTS_FILE
 from qa.followup import resolve_question
 from train_reranker import (
-    ARTICLES, HELD_OUT, SEED, TRAINING_DATA, base_model_path, earlier_turns, readable_title, shaped, shuffled_titles,
+    SEED, TRAINING_DATA, base_model_path, earlier_turns, held_out_of, readable_title, shaped, shuffled_titles,
     squad_articles,
 )
 
@@ -407,7 +407,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     articles = squad_articles()
     titles = shuffled_titles(articles)
-    held_out_titles = set(titles[ARTICLES: ARTICLES + HELD_OUT])
+    held_out_titles = set(held_out_of(titles))
     encoder = Encoder()
     passages, examples = cached_examples(args.work, articles, titles, encoder.count_tokens)
     held_out = [e for e in examples if titles[e.article] in held_out_titles]

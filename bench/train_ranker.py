@@ -44,7 +44,7 @@ from qa.evaluate import Question, load_questions
 from qa.followup import normalize
 from qa.retrieval import FEATURES, RANKER_FILE, LoadedIndex, load_index
 from train_reranker import (
-    _NAME, ARTICLES, HELD_OUT, earlier_turns, holds_answer, readable_title, shaped, shuffled_titles, squad_articles,
+    _NAME, earlier_turns, held_out_of, holds_answer, readable_title, shaped, shuffled_titles, squad_articles,
     write_articles,
 )
 
@@ -192,7 +192,7 @@ def squad_train_example(index: LoadedIndex, item: Asked) -> Example:
 def gather_squad_train(work: Path, index_dir: str) -> list[Example]:
     """The held-out SQuAD train articles' questions, the articles indexed with the BBC stories."""
     articles = squad_articles()
-    titles = shuffled_titles(articles)[ARTICLES: ARTICLES + HELD_OUT]
+    titles = held_out_of(shuffled_titles(articles))
     folder = corpus(work / "articles", {"bbc": DEV_CORPUS["bbc"]}, keep=(SQUAD_TRAIN,))
     spans = write_articles(folder / SQUAD_TRAIN, titles, articles)
     build_index(str(folder), index_dir)

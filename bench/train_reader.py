@@ -35,7 +35,7 @@ import numpy as np
 from tqdm import tqdm
 from training import run_schedule, schedule_and_resume
 from train_reranker import (  # bench/ is on the path as a script
-    ARTICLES, HELD_OUT, SEED, TRAINING_DATA, SpanExample, base_model_path, export_int8, shuffled_titles, span_batch,
+    SEED, TRAINING_DATA, SpanExample, base_model_path, export_int8, held_out_of, shuffled_titles, span_batch,
     span_cross_entropy, span_examples, span_scores, squad_articles, tokenizer,
 )
 
@@ -211,7 +211,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.work.mkdir(parents=True, exist_ok=True)
     articles = squad_articles()
-    held_out_titles = set(shuffled_titles(articles)[ARTICLES: ARTICLES + HELD_OUT])
+    held_out_titles = set(held_out_of(shuffled_titles(articles)))
     examples = span_examples(articles, held_out_titles, NEGATIVE_SHARE)
     training = [e for e in examples if not e.held_out]
     held_out = [e for e in examples if e.held_out][:EVAL_QUESTIONS]

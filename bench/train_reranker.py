@@ -179,13 +179,19 @@ def shuffled_titles(articles: dict) -> list[str]:
     return titles
 
 
+def held_out_of(titles: list[str]) -> list[str]:
+    """The HELD_OUT titles of the seeded order (shuffled_titles) that every training script keeps out: those after
+    the first ARTICLES."""
+    return titles[ARTICLES: ARTICLES + HELD_OUT]
+
+
 def mined_titles(titles: list[str], articles: int) -> list[str]:
     """The titles mined for training (`articles` of them) and the HELD_OUT ones: the first ARTICLES of the seeded
     order, then the HELD_OUT after them, then (for `articles` over ARTICLES) the ones after those, so that the held-out
     articles are the same whatever the number trained on."""
     first = min(articles, ARTICLES)
     after = ARTICLES + HELD_OUT
-    return titles[:first] + titles[ARTICLES: after] + titles[after: after + articles - first]
+    return titles[:first] + held_out_of(titles) + titles[after: after + articles - first]
 
 
 def readable_title(title: str) -> str:
@@ -787,7 +793,7 @@ def main() -> None:
         parser.error(f"--articles is a number of SQuAD train articles from 1 to {len(titles) - HELD_OUT}")
     args.work.mkdir(parents=True, exist_ok=True)
     chosen = mined_titles(titles, args.articles)
-    held_out_titles = set(titles[ARTICLES: ARTICLES + HELD_OUT])
+    held_out_titles = set(held_out_of(titles))
     mined = mine(args.work, articles, chosen, held_out_titles)
     training = [m for m in mined if not m.held_out]
     held_out = [m for m in mined if m.held_out]
@@ -803,7 +809,7 @@ def main() -> None:
         span_checkpoint = args.work / SPAN_CHECKPOINT
         use_span = span_checkpoint.exists() and not args.relevance_only
         model, tokens, log = load_checkpoint(span_checkpoint if use_span else args.work / CHECKPOINT)
-        span_log = [] if args.relevance_only else log
+        span_log = log if use_span else []
     else:
         span_log = []
         if not args.span:
